@@ -1,0 +1,66 @@
+use std::ptr;
+
+use super::TlsError;
+use crate::ffi;
+
+/// Server certificate credentials: one or more certificate chains with
+/// their keys, among which GnuTLS picks by SNI and signature algorithms.
+/// Read-only once sessions use them, so a reload builds a new value.
+pub struct Credentials {
+    raw: ffi::gnutls_certificate_credentials_t,
+}
+
+impl Credentials {
+    pub fn new() -> Result<Credentials, TlsError> {
+        let mut raw: ffi::gnutls_certificate_credentials_t = ptr::null_mut();
+        // SAFETY: raw is a valid out-pointer.
+        let rc = unsafe { ffi::gnutls_certificate_allocate_credentials(&mut raw) };
+        TlsError::check(rc, "gnutls_certificate_allocate_credentials")?;
+        // API_V2 makes the key setters return the index of the certificate,
+        // which OCSP responses are later paired with.
+        // SAFETY: raw is a freshly allocated credentials structure.
+        unsafe { ffi::gnutls_certificate_set_flags(raw, ffi::GNUTLS_CERTIFICATE_API_V2) };
+        Ok(Credentials { raw })
+    }
+
+    /// Adds a PEM certificate chain and its PEM private key; returns the
+    /// index GnuTLS gave the pair.
+    pub fn add_pem(&mut self, chain: &[u8], key: &[u8]) -> Result<u32, TlsError> {
+        let cert = datum(chain)?;
+        let key = datum(key)?;
+        // SAFETY: both datums point into slices that outlive the call; GnuTLS copies them.
+        let rc = unsafe {
+            ffi::gnutls_certificate_set_x509_key_mem2(
+                self.raw,
+                &cert,
+                &key,
+                ffi::GNUTLS_X509_FMT_PEM,
+                ptr::null(),
+                0,
+            )
+        };
+        TlsError::check(rc, "loading certificate and key").map(|i| i as u32)
+    }
+
+    pub(super) fn raw(&self) -> ffi::gnutls_certificate_credentials_t {
+        self.raw
+    }
+}
+
+impl Drop for Credentials {
+    fn drop(&mut self) {
+        // SAFETY: raw came from gnutls_certificate_allocate_credentials, and
+        // every session using it holds an Rc to self, so none is alive now.
+        unsafe { ffi::gnutls_certificate_free_credentials(self.raw) }
+    }
+}
+
+/// Borrows a byte slice as a gnutls_datum_t for the duration of one call.
+pub(super) fn datum(bytes: &[u8]) -> Result<ffi::gnutls_datum_t, TlsError> {
+    let size = u32::try_from(bytes.len())
+        .map_err(|_| TlsError::new(ffi::GNUTLS_E_INVALID_REQUEST, "input too large"))?;
+    Ok(ffi::gnutls_datum_t {
+        data: bytes.as_ptr() as *mut u8,
+        size,
+    })
+}

@@ -1,0 +1,48 @@
+//! Safe wrappers around GnuTLS: library init, credentials, priorities, and
+//! server sessions driven over buffers that the event loop owns. All of
+//! gsmtpd's `unsafe` outside `crate::ffi` lives in this module.
+
+mod credentials;
+mod error;
+mod priority;
+mod session;
+pub mod x509;
+
+use std::ffi::CStr;
+
+use crate::ffi;
+
+pub use credentials::Credentials;
+pub use error::TlsError;
+pub use priority::Priority;
+pub use session::{Handshake, ReadStatus, ServerSession};
+
+/// Initialises GnuTLS once for the process and returns the version linked
+/// at run time (which can differ from the headers we were built against).
+pub fn init() -> Result<&'static str, TlsError> {
+    // SAFETY: gnutls_global_init is reference-counted and thread-safe.
+    let rc = unsafe { ffi::gnutls_global_init() };
+    TlsError::check(rc, "gnutls_global_init")?;
+    Ok(runtime_version())
+}
+
+/// The GnuTLS version linked at run time, e.g. "3.7.9".
+pub fn runtime_version() -> &'static str {
+    // SAFETY: with a null argument gnutls_check_version returns a pointer to
+    // a static string inside the library.
+    let ptr = unsafe { ffi::gnutls_check_version(std::ptr::null()) };
+    if ptr.is_null() {
+        return "unknown";
+    }
+    // SAFETY: non-null, NUL-terminated and static (see above).
+    unsafe { CStr::from_ptr(ptr) }.to_str().unwrap_or("unknown")
+}
+
+/// Converts a static C string from GnuTLS into `&'static str`.
+fn static_str(ptr: *const std::os::raw::c_char) -> Option<&'static str> {
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: every caller passes a name that GnuTLS keeps in static tables.
+    unsafe { CStr::from_ptr(ptr) }.to_str().ok()
+}

@@ -1,0 +1,45 @@
+use std::ffi::CString;
+use std::ptr;
+
+use super::TlsError;
+use crate::ffi;
+
+/// A compiled GnuTLS priority string (`--tls-priority`), shared read-only
+/// by every session.
+pub struct Priority {
+    raw: ffi::gnutls_priority_t,
+}
+
+impl Priority {
+    pub fn new(spec: &str) -> Result<Priority, TlsError> {
+        let c_spec = CString::new(spec)
+            .map_err(|_| TlsError::new(ffi::GNUTLS_E_INVALID_REQUEST, "priority string"))?;
+        let mut raw: ffi::gnutls_priority_t = ptr::null_mut();
+        let mut err_pos: *const std::os::raw::c_char = ptr::null();
+        // SAFETY: c_spec outlives the call; raw and err_pos are valid out-pointers.
+        let rc = unsafe { ffi::gnutls_priority_init2(&mut raw, c_spec.as_ptr(), &mut err_pos, 0) };
+        if rc < 0 {
+            let at = if err_pos.is_null() {
+                0
+            } else {
+                // SAFETY: on a syntax error err_pos points into c_spec.
+                unsafe { err_pos.offset_from(c_spec.as_ptr()) }.max(0) as usize
+            };
+            let context = format!("priority string, at \"{}\"", spec.get(at..).unwrap_or(""));
+            return Err(TlsError::new(rc, context));
+        }
+        Ok(Priority { raw })
+    }
+
+    pub(super) fn raw(&self) -> ffi::gnutls_priority_t {
+        self.raw
+    }
+}
+
+impl Drop for Priority {
+    fn drop(&mut self) {
+        // SAFETY: raw came from gnutls_priority_init2; sessions that used it
+        // hold an Rc to self, so none is alive now.
+        unsafe { ffi::gnutls_priority_deinit(self.raw) }
+    }
+}

@@ -1,0 +1,349 @@
+//! A GnuTLS server session over an in-memory transport: the event loop feeds
+//! the bytes it read from the socket in, and takes the bytes GnuTLS wants to
+//! send out, so the loop decides every read and write and GnuTLS never sees
+//! a file descriptor.
+
+use std::os::raw::{c_int, c_uint, c_void};
+use std::ptr;
+use std::rc::Rc;
+
+use super::credentials::Credentials;
+use super::{Priority, TlsError, static_str};
+use crate::ffi;
+
+/// Bytes in flight between the socket and GnuTLS. Boxed so that the pointer
+/// GnuTLS holds stays valid however the session value moves.
+struct Transport {
+    session: ffi::gnutls_session_t,
+    incoming: Vec<u8>,
+    read_pos: usize,
+    outgoing: Vec<u8>,
+}
+
+impl Transport {
+    fn unread(&self) -> &[u8] {
+        &self.incoming[self.read_pos..]
+    }
+}
+
+pub enum Handshake {
+    Done,
+    /// GnuTLS needs more input from the client.
+    InProgress,
+}
+
+pub enum ReadStatus {
+    Open,
+    /// The client sent close_notify.
+    Closed,
+}
+
+/// What the handshake settled on, for log lines and the Received header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    pub version: &'static str,
+    pub cipher: String,
+    pub bits: u32,
+    pub resumed: bool,
+}
+
+pub struct ServerSession {
+    raw: ffi::gnutls_session_t,
+    io: Box<Transport>,
+    // Sessions keep their credentials and priorities alive: a reload may
+    // replace the server's copies while this session still uses these.
+    _credentials: Rc<Credentials>,
+    _priority: Rc<Priority>,
+}
+
+/// Bounds retries on GnuTLS's non-fatal returns so a misbehaving peer
+/// cannot make one call spin.
+const MAX_RETRIES: usize = 16;
+
+impl ServerSession {
+    pub fn new(
+        credentials: Rc<Credentials>,
+        priority: Rc<Priority>,
+    ) -> Result<ServerSession, TlsError> {
+        let mut raw: ffi::gnutls_session_t = ptr::null_mut();
+        let flags = ffi::GNUTLS_SERVER | ffi::GNUTLS_NONBLOCK | ffi::GNUTLS_NO_SIGNAL;
+        // SAFETY: raw is a valid out-pointer.
+        let rc = unsafe { ffi::gnutls_init(&mut raw, flags) };
+        TlsError::check(rc, "gnutls_init")?;
+        let mut session = ServerSession {
+            raw,
+            io: Box::new(Transport {
+                session: raw,
+                incoming: Vec::new(),
+                read_pos: 0,
+                outgoing: Vec::new(),
+            }),
+            _credentials: credentials,
+            _priority: priority,
+        };
+        session.configure()?;
+        Ok(session)
+    }
+
+    fn configure(&mut self) -> Result<(), TlsError> {
+        let raw = self.raw;
+        // SAFETY: raw is a live session; the priority outlives it (Rc held).
+        let rc = unsafe { ffi::gnutls_priority_set(raw, self._priority.raw()) };
+        TlsError::check(rc, "gnutls_priority_set")?;
+        // SAFETY: as above, for the credentials.
+        let rc = unsafe {
+            ffi::gnutls_credentials_set(
+                raw,
+                ffi::GNUTLS_CRD_CERTIFICATE,
+                self._credentials.raw() as *mut c_void,
+            )
+        };
+        TlsError::check(rc, "gnutls_credentials_set")?;
+        let io: *mut Transport = &mut *self.io;
+        // SAFETY: raw is live; io points into a Box that lives as long as the
+        // session and is only touched by the callbacks while GnuTLS runs.
+        unsafe {
+            ffi::gnutls_certificate_server_set_request(raw, ffi::GNUTLS_CERT_IGNORE);
+            // The event loop enforces the handshake deadline.
+            ffi::gnutls_handshake_set_timeout(raw, 0);
+            ffi::gnutls_transport_set_ptr(raw, io as *mut c_void);
+            ffi::gnutls_transport_set_push_function(raw, Some(push));
+            ffi::gnutls_transport_set_pull_function(raw, Some(pull));
+            ffi::gnutls_transport_set_pull_timeout_function(raw, Some(pull_timeout));
+        }
+        Ok(())
+    }
+
+    /// Hands GnuTLS bytes read from the socket.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        let io = &mut *self.io;
+        if io.read_pos == io.incoming.len() {
+            io.incoming.clear();
+            io.read_pos = 0;
+        }
+        io.incoming.extend_from_slice(bytes);
+    }
+
+    /// Bytes GnuTLS wants sent to the client.
+    pub fn pending_output(&self) -> &[u8] {
+        &self.io.outgoing
+    }
+
+    /// The event loop wrote the first `n` bytes of `pending_output`.
+    pub fn consume_output(&mut self, n: usize) {
+        let out = &mut self.io.outgoing;
+        out.drain(..n.min(out.len()));
+    }
+
+    pub fn handshake(&mut self) -> Result<Handshake, TlsError> {
+        for _ in 0..MAX_RETRIES {
+            // SAFETY: raw is a live, fully configured session.
+            let rc = unsafe { ffi::gnutls_handshake(self.raw) };
+            match rc {
+                0 => return Ok(Handshake::Done),
+                ffi::GNUTLS_E_AGAIN => return Ok(Handshake::InProgress),
+                rc if self.is_fatal(rc) => return Err(self.error(rc, "TLS handshake")),
+                _ => continue,
+            }
+        }
+        Err(TlsError::new(
+            ffi::GNUTLS_E_INTERNAL_ERROR,
+            "TLS handshake made no progress",
+        ))
+    }
+
+    /// Decrypts everything GnuTLS can from the input fed so far and appends
+    /// the plaintext to `out`.
+    pub fn read(&mut self, out: &mut Vec<u8>) -> Result<ReadStatus, TlsError> {
+        let mut buf = [0u8; 16 * 1024];
+        let mut retries = 0;
+        loop {
+            // SAFETY: buf is writable for buf.len() bytes.
+            let rc = unsafe {
+                ffi::gnutls_record_recv(self.raw, buf.as_mut_ptr() as *mut c_void, buf.len())
+            };
+            if rc > 0 {
+                out.extend_from_slice(&buf[..rc as usize]);
+                continue;
+            }
+            if rc == 0 {
+                return Ok(ReadStatus::Closed);
+            }
+            let rc = rc as c_int;
+            if rc == ffi::GNUTLS_E_AGAIN && self.check_pending() == 0 {
+                return Ok(ReadStatus::Open);
+            }
+            if rc == ffi::GNUTLS_E_REHANDSHAKE {
+                // A TLS 1.2 client asking to renegotiate: decline politely.
+                // SAFETY: raw is a live session.
+                unsafe {
+                    ffi::gnutls_alert_send(
+                        self.raw,
+                        ffi::GNUTLS_AL_WARNING,
+                        ffi::GNUTLS_A_NO_RENEGOTIATION,
+                    )
+                };
+            } else if self.is_fatal(rc) {
+                return Err(self.error(rc, "TLS read"));
+            }
+            retries += 1;
+            if retries > MAX_RETRIES {
+                return Err(self.error(rc, "TLS read made no progress"));
+            }
+        }
+    }
+
+    /// Encrypts `data` into records queued in `pending_output`.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), TlsError> {
+        let mut sent = 0;
+        let mut retries = 0;
+        while sent < data.len() {
+            let rest = &data[sent..];
+            // SAFETY: rest is readable for rest.len() bytes.
+            let rc = unsafe {
+                ffi::gnutls_record_send(self.raw, rest.as_ptr() as *const c_void, rest.len())
+            };
+            if rc > 0 {
+                sent += rc as usize;
+                continue;
+            }
+            retries += 1;
+            // Our push never blocks, so anything but progress is an error.
+            if rc == 0 || self.is_fatal(rc as c_int) || retries > MAX_RETRIES {
+                return Err(self.error(rc as c_int, "TLS write"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues close_notify. The client's answer is not awaited.
+    pub fn bye(&mut self) {
+        // SAFETY: raw is a live session; the push callback never blocks.
+        let rc = unsafe { ffi::gnutls_bye(self.raw, ffi::GNUTLS_SHUT_WR) };
+        if rc < 0 {
+            log::debug!("gnutls_bye: {}", TlsError::new(rc, "close_notify"));
+        }
+    }
+
+    pub fn negotiated(&self) -> Negotiated {
+        // SAFETY: raw is a live session; all of these only read its state
+        // and return values or static strings.
+        unsafe {
+            let version = ffi::gnutls_protocol_get_version(self.raw);
+            let cipher = ffi::gnutls_cipher_get(self.raw);
+            Negotiated {
+                version: static_str(ffi::gnutls_protocol_get_name(version)).unwrap_or("unknown"),
+                cipher: self.suite_name(),
+                bits: (ffi::gnutls_cipher_get_key_size(cipher) * 8) as u32,
+                resumed: ffi::gnutls_session_is_resumed(self.raw) != 0,
+            }
+        }
+    }
+
+    #[cfg(gnutls_ciphersuite_get)]
+    fn suite_name(&self) -> String {
+        // SAFETY: raw is a live session; the result is static or null.
+        let name = unsafe { ffi::gnutls_ciphersuite_get(self.raw) };
+        static_str(name).unwrap_or("unknown").to_string()
+    }
+
+    #[cfg(not(gnutls_ciphersuite_get))]
+    fn suite_name(&self) -> String {
+        // SAFETY: raw is a live session; the results are static or null.
+        unsafe {
+            let cipher = ffi::gnutls_cipher_get(self.raw);
+            let suite = ffi::gnutls_cipher_suite_get_name(
+                ffi::gnutls_kx_get(self.raw),
+                cipher,
+                ffi::gnutls_mac_get(self.raw),
+            );
+            static_str(suite)
+                .or_else(|| static_str(ffi::gnutls_cipher_get_name(cipher)))
+                .unwrap_or("unknown")
+                .to_string()
+        }
+    }
+
+    fn check_pending(&self) -> usize {
+        // SAFETY: raw is a live session.
+        unsafe { ffi::gnutls_record_check_pending(self.raw) }
+    }
+
+    fn is_fatal(&self, rc: c_int) -> bool {
+        // SAFETY: pure function of its argument.
+        rc < 0 && unsafe { ffi::gnutls_error_is_fatal(rc) } != 0
+    }
+
+    /// A TlsError that names the alert the client sent, when it sent one.
+    fn error(&self, rc: c_int, context: &str) -> TlsError {
+        if rc == ffi::GNUTLS_E_FATAL_ALERT_RECEIVED {
+            // SAFETY: raw is a live session; the name is static or null.
+            let alert =
+                unsafe { static_str(ffi::gnutls_alert_get_name(ffi::gnutls_alert_get(self.raw))) };
+            return TlsError::new(
+                rc,
+                format!("{context} (client alert: {})", alert.unwrap_or("?")),
+            );
+        }
+        TlsError::new(rc, context)
+    }
+}
+
+impl Drop for ServerSession {
+    fn drop(&mut self) {
+        // SAFETY: raw came from gnutls_init and is freed exactly once; the
+        // transport box is dropped only after this.
+        unsafe { ffi::gnutls_deinit(self.raw) }
+    }
+}
+
+unsafe extern "C" fn push(
+    ptr: ffi::gnutls_transport_ptr_t,
+    data: *const c_void,
+    len: usize,
+) -> isize {
+    // SAFETY: ptr is the Transport set in configure(), alive for the session;
+    // GnuTLS gives a buffer readable for len bytes.
+    let (io, data) = unsafe {
+        (
+            &mut *(ptr as *mut Transport),
+            std::slice::from_raw_parts(data as *const u8, len),
+        )
+    };
+    io.outgoing.extend_from_slice(data);
+    len as isize
+}
+
+unsafe extern "C" fn pull(
+    ptr: ffi::gnutls_transport_ptr_t,
+    data: *mut c_void,
+    len: usize,
+) -> isize {
+    // SAFETY: as in push; GnuTLS gives a buffer writable for len bytes.
+    let io = unsafe { &mut *(ptr as *mut Transport) };
+    let available = io.unread();
+    if available.is_empty() {
+        // SAFETY: io.session is the live session calling us.
+        unsafe { ffi::gnutls_transport_set_errno(io.session, libc::EAGAIN) };
+        return -1;
+    }
+    let n = available.len().min(len);
+    // SAFETY: data is writable for len >= n bytes; the ranges cannot overlap.
+    unsafe { ptr::copy_nonoverlapping(available.as_ptr(), data as *mut u8, n) };
+    io.read_pos += n;
+    n as isize
+}
+
+/// GnuTLS asks this before a read that has a timeout; answering from the
+/// buffer keeps it from ever polling a file descriptor.
+unsafe extern "C" fn pull_timeout(ptr: ffi::gnutls_transport_ptr_t, _ms: c_uint) -> c_int {
+    // SAFETY: as in push.
+    let io = unsafe { &*(ptr as *const Transport) };
+    if io.unread().is_empty() {
+        // SAFETY: io.session is the live session calling us.
+        unsafe { ffi::gnutls_transport_set_errno(io.session, libc::EAGAIN) };
+        -1
+    } else {
+        1
+    }
+}
