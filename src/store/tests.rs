@@ -1,0 +1,483 @@
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use super::unique;
+use super::{STALE_TMP_AGE, Store, clean_stale_tmp};
+
+/// A directory removed again when the test ends.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let path = std::env::temp_dir().join(format!(
+            "gsmtpd-store-test-{}-{}-{nanos}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir(&path).unwrap();
+        TempDir(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn mb(domain: &str, local: &str) -> (String, String) {
+    (domain.to_string(), local.to_string())
+}
+
+/// File names in a directory, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+fn store(tmp: &TempDir) -> (Store, PathBuf) {
+    let root = tmp.path().join("Maildir");
+    (Store::open(&root, "mx.example.org").unwrap(), root)
+}
+
+const HEADER: &[u8] = b"Return-Path: <a@b.example>\nReceived: from x by y; date\n";
+
+/// Delivers `chunks` (wire format) to `mailboxes` and returns the paths.
+fn deliver(store: &mut Store, mailboxes: &[(String, String)], chunks: &[&[u8]]) -> Vec<PathBuf> {
+    let mut d = store.begin(mailboxes, HEADER).unwrap();
+    for chunk in chunks {
+        d.write(chunk).unwrap();
+    }
+    d.commit().unwrap()
+}
+
+#[test]
+fn stores_exact_bytes_with_crlf_split_across_writes() {
+    let tmp = TempDir::new();
+    let (mut store, root) = store(&tmp);
+    let chunks: &[&[u8]] = &[
+        b"Subject: hi\r",
+        b"\n\r\nline one\r\n",
+        b"bare\rcr\r",
+        b"",
+        b"\nlast\r\r",
+        b"\n",
+        b"ends in lone cr\r",
+    ];
+    let paths = deliver(&mut store, &[mb("example.com", "alice")], chunks);
+    let expected: Vec<u8> = [
+        HEADER,
+        b"Subject: hi\n\nline one\nbare\rcr\nlast\r\nends in lone cr\r",
+    ]
+    .concat();
+    assert_eq!(paths.len(), 1);
+    assert_eq!(fs::read(&paths[0]).unwrap(), expected);
+    assert_eq!(
+        paths[0].parent().unwrap(),
+        root.join("example.com/alice/new")
+    );
+    let name = paths[0].file_name().unwrap().to_str().unwrap();
+    assert!(
+        name.ends_with(&format!(".mx.example.org,S={}", expected.len())),
+        "{name}"
+    );
+    assert!(names(&root.join("example.com/alice/tmp")).is_empty());
+    assert!(names(&root.join("example.com/alice/cur")).is_empty());
+}
+
+#[test]
+fn crlf_conversion_is_independent_of_chunking() {
+    let tmp = TempDir::new();
+    let (mut store, _root) = store(&tmp);
+    let body: &[u8] = b"a\r\nb\r\r\n\rc\n\r\r\r\nd\r";
+    let expected: Vec<u8> = [HEADER, b"a\nb\r\n\rc\n\r\r\nd\r"].concat();
+    let boxes = [mb("example.com", "split")];
+    for cut1 in 0..=body.len() {
+        for cut2 in cut1..=body.len() {
+            let paths = deliver(
+                &mut store,
+                &boxes,
+                &[&body[..cut1], &body[cut1..cut2], &body[cut2..]],
+            );
+            assert_eq!(fs::read(&paths[0]).unwrap(), expected, "cuts {cut1} {cut2}");
+            fs::remove_file(&paths[0]).unwrap();
+        }
+    }
+    let one_at_a_time: Vec<&[u8]> = body.chunks(1).collect();
+    let paths = deliver(&mut store, &boxes, &one_at_a_time);
+    assert_eq!(fs::read(&paths[0]).unwrap(), expected);
+}
+
+#[test]
+fn large_message_round_trips() {
+    let tmp = TempDir::new();
+    let (mut store, _root) = store(&tmp);
+    let line = b"0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ\r\n";
+    let wire: Vec<u8> = line.repeat(10_000);
+    let mut d = store.begin(&[mb("example.com", "big")], HEADER).unwrap();
+    // Odd-sized chunks so CRLFs fall across chunk and buffer boundaries.
+    for chunk in wire.chunks(1021) {
+        d.write(chunk).unwrap();
+    }
+    let expected: Vec<u8> = [HEADER, &wire.replace_crlf()].concat();
+    assert_eq!(d.size(), expected.len() as u64);
+    let paths = d.commit().unwrap();
+    assert_eq!(fs::read(&paths[0]).unwrap(), expected);
+}
+
+trait ReplaceCrlf {
+    fn replace_crlf(&self) -> Vec<u8>;
+}
+
+impl ReplaceCrlf for Vec<u8> {
+    fn replace_crlf(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len());
+        let mut i = 0;
+        while i < self.len() {
+            if self[i] == b'\r' && self.get(i + 1) == Some(&b'\n') {
+                i += 1;
+                continue;
+            }
+            out.push(self[i]);
+            i += 1;
+        }
+        out
+    }
+}
+
+#[test]
+fn header_only_message() {
+    let tmp = TempDir::new();
+    let (mut store, _root) = store(&tmp);
+    let paths = deliver(&mut store, &[mb("example.com", "empty")], &[]);
+    assert_eq!(fs::read(&paths[0]).unwrap(), HEADER);
+}
+
+#[test]
+fn one_message_to_three_mailboxes_is_hard_linked() {
+    let tmp = TempDir::new();
+    let (mut store, root) = store(&tmp);
+    let boxes = [
+        mb("example.com", "alice"),
+        mb("example.com", "bob"),
+        mb("example.net", "carol"),
+    ];
+    let paths = deliver(&mut store, &boxes, &[b"Subject: x\r\n\r\nbody\r\n"]);
+    assert_eq!(paths.len(), 3);
+    let expected: Vec<u8> = [HEADER, b"Subject: x\n\nbody\n"].concat();
+    let first = fs::metadata(&paths[0]).unwrap();
+    assert_eq!(first.nlink(), 3);
+    for (path, (domain, local)) in paths.iter().zip(&boxes) {
+        let mailbox = root.join(domain).join(local);
+        assert_eq!(path.parent().unwrap(), mailbox.join("new"));
+        assert_eq!(fs::read(path).unwrap(), expected);
+        let meta = fs::metadata(path).unwrap();
+        assert_eq!((meta.dev(), meta.ino()), (first.dev(), first.ino()));
+        assert_eq!(names(&mailbox.join("new")).len(), 1);
+        assert!(names(&mailbox.join("tmp")).is_empty());
+        assert!(names(&mailbox.join("cur")).is_empty());
+    }
+    // Same name in every mailbox.
+    let file_names: HashSet<_> = paths.iter().map(|p| p.file_name().unwrap()).collect();
+    assert_eq!(file_names.len(), 1);
+}
+
+#[test]
+fn duplicate_recipients_get_one_copy() {
+    let tmp = TempDir::new();
+    let (mut store, root) = store(&tmp);
+    let boxes = [
+        mb("example.com", "alice"),
+        mb("example.com", "bob"),
+        mb("example.com", "alice"),
+        mb("example.com", "bob"),
+    ];
+    let paths = deliver(&mut store, &boxes, &[b"x\r\n"]);
+    assert_eq!(paths.len(), 2);
+    assert_eq!(names(&root.join("example.com/alice/new")).len(), 1);
+    assert_eq!(names(&root.join("example.com/bob/new")).len(), 1);
+    assert_eq!(fs::metadata(&paths[0]).unwrap().nlink(), 2);
+}
+
+#[test]
+fn modes_of_directories_and_files() {
+    let tmp = TempDir::new();
+    // A root two levels below an existing directory: both get created.
+    let root = tmp.path().join("var/Maildir");
+    let mut store = Store::open(&root, "mx").unwrap();
+    assert_eq!(store.root(), root);
+    assert_eq!(mode(&root), 0o700);
+    assert_eq!(mode(&tmp.path().join("var")), 0o700);
+    let paths = deliver(&mut store, &[mb("example.com", "alice")], &[b"x\r\n"]);
+    assert_eq!(mode(&paths[0]), 0o600);
+    for dir in [
+        "example.com",
+        "example.com/alice",
+        "example.com/alice/tmp",
+        "example.com/alice/new",
+        "example.com/alice/cur",
+    ] {
+        assert_eq!(mode(&root.join(dir)), 0o700, "{dir}");
+    }
+    // Opening an existing root is fine; a root that is a file is not.
+    Store::open(&root, "mx").unwrap();
+    let file = tmp.path().join("plain-file");
+    fs::write(&file, b"").unwrap();
+    let err = Store::open(&file, "mx").err().unwrap();
+    assert_eq!(err.kind(), io::ErrorKind::NotADirectory);
+}
+
+#[test]
+fn utf8_local_part() {
+    let tmp = TempDir::new();
+    let (mut store, root) = store(&tmp);
+    let paths = deliver(&mut store, &[mb("example.com", "jöhn.dœ+tag")], &[b"x\r\n"]);
+    assert_eq!(
+        paths[0].parent().unwrap(),
+        root.join("example.com/jöhn.dœ+tag/new")
+    );
+}
+
+#[test]
+fn dropped_delivery_leaves_nothing() {
+    let tmp = TempDir::new();
+    let (mut store, root) = store(&tmp);
+    let boxes = [mb("example.com", "alice"), mb("example.org", "bob")];
+    let mut d = store.begin(&boxes, HEADER).unwrap();
+    d.write(b"Subject: aborted\r\n\r\n").unwrap();
+    d.write(&vec![b'x'; 200_000]).unwrap();
+    let tmp_dir = root.join("example.com/alice/tmp");
+    assert_eq!(names(&tmp_dir).len(), 1);
+    drop(d);
+    for (domain, local) in &boxes {
+        for sub in ["tmp", "new", "cur"] {
+            assert!(names(&root.join(domain).join(local).join(sub)).is_empty());
+        }
+    }
+}
+
+/// All message files anywhere under `root`.
+fn all_message_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for domain in fs::read_dir(root).unwrap() {
+        for mailbox in fs::read_dir(domain.unwrap().path()).unwrap() {
+            for sub in ["tmp", "new", "cur"] {
+                let dir = mailbox.as_ref().unwrap().path().join(sub);
+                if let Ok(entries) = fs::read_dir(&dir) {
+                    out.extend(entries.map(|e| e.unwrap().path()));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn commit_failure_leaves_nothing_and_recovers() {
+    let tmp = TempDir::new();
+    let (mut store, root) = store(&tmp);
+    let boxes = [
+        mb("example.com", "alice"),
+        mb("example.com", "broken"),
+        mb("example.net", "carol"),
+    ];
+    let mut d = store.begin(&boxes, HEADER).unwrap();
+    d.write(b"Subject: doomed\r\n\r\nbody\r\n").unwrap();
+    // Break the middle mailbox after begin() has created (and cached) it,
+    // so alice's link succeeds first and must be undone.
+    let broken_new = root.join("example.com/broken/new");
+    fs::remove_dir(&broken_new).unwrap();
+    fs::write(&broken_new, b"not a directory").unwrap();
+    assert!(d.commit().is_err());
+    assert!(
+        all_message_files(&root).is_empty(),
+        "{:?}",
+        all_message_files(&root)
+    );
+    assert_eq!(fs::read(&broken_new).unwrap(), b"not a directory");
+
+    // Once repaired, the mailbox must be checked again, not trusted from
+    // the cache: new/ is missing now and has to be recreated.
+    fs::remove_file(&broken_new).unwrap();
+    let paths = deliver(&mut store, &boxes, &[b"again\r\n"]);
+    assert_eq!(paths.len(), 3);
+    assert_eq!(mode(&broken_new), 0o700);
+    for path in &paths {
+        assert_eq!(fs::read(path).unwrap(), [HEADER, b"again\n"].concat());
+    }
+}
+
+#[test]
+fn begin_fails_when_a_mailbox_cannot_be_created() {
+    let tmp = TempDir::new();
+    let (mut store, root) = store(&tmp);
+    fs::create_dir_all(root.join("example.com/bob")).unwrap();
+    fs::write(root.join("example.com/bob/new"), b"").unwrap();
+    let boxes = [mb("example.com", "alice"), mb("example.com", "bob")];
+    let err = store.begin(&boxes, HEADER).err().unwrap();
+    assert_eq!(err.kind(), io::ErrorKind::NotADirectory);
+    assert!(names(&root.join("example.com/alice/tmp")).is_empty());
+    assert!(names(&root.join("example.com/alice/new")).is_empty());
+
+    // A domain that is a file fails too.
+    fs::write(root.join("example.org"), b"").unwrap();
+    assert!(store.begin(&[mb("example.org", "x")], HEADER).is_err());
+}
+
+#[test]
+fn rejects_unsafe_names() {
+    let tmp = TempDir::new();
+    let (mut store, root) = store(&tmp);
+    let bad = [
+        mb("example.com", ""),
+        mb("example.com", "."),
+        mb("example.com", ".."),
+        mb("example.com", ".hidden"),
+        mb("example.com", "a/b"),
+        mb("example.com", "a\0b"),
+        mb("example.com", "a\nb"),
+        mb("..", "x"),
+        mb("", "x"),
+        mb("a/b", "x"),
+    ];
+    for pair in bad {
+        let err = store
+            .begin(std::slice::from_ref(&pair), HEADER)
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{pair:?}");
+    }
+    let err = store.begin(&[], HEADER).err().unwrap();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    assert!(names(&root).is_empty());
+}
+
+#[test]
+fn names_are_unique_across_many_deliveries() {
+    let tmp = TempDir::new();
+    let (mut store, root) = store(&tmp);
+    let boxes = [mb("example.com", "many")];
+    let mut seen = HashSet::new();
+    for i in 0..300 {
+        let paths = deliver(&mut store, &boxes, &[format!("n {i}\r\n").as_bytes()]);
+        assert!(seen.insert(paths[0].clone()));
+    }
+    assert_eq!(names(&root.join("example.com/many/new")).len(), 300);
+    assert!(names(&root.join("example.com/many/tmp")).is_empty());
+
+    // Two stores in one process share the counter, so interleaved
+    // deliveries to the same mailbox within one microsecond cannot clash.
+    let mut other = Store::open(&root, "mx.example.org").unwrap();
+    for i in 0..50 {
+        let a = deliver(&mut store, &boxes, &[format!("a {i}\r\n").as_bytes()]);
+        let b = deliver(&mut other, &boxes, &[format!("b {i}\r\n").as_bytes()]);
+        assert!(seen.insert(a[0].clone()));
+        assert!(seen.insert(b[0].clone()));
+    }
+    assert_eq!(names(&root.join("example.com/many/new")).len(), 400);
+
+    let mut ids = HashSet::new();
+    for _ in 0..10_000 {
+        assert!(ids.insert(store.next_id()));
+    }
+}
+
+#[test]
+fn hostname_is_escaped_in_file_names() {
+    let tmp = TempDir::new();
+    let root = tmp.path().join("Maildir");
+    let mut store = Store::open(&root, "host/x:y").unwrap();
+    let paths = deliver(&mut store, &[mb("example.com", "a")], &[b"x\r\n"]);
+    let name = paths[0].file_name().unwrap().to_str().unwrap();
+    assert!(name.contains(".host\\057x\\072y,S="), "{name}");
+}
+
+#[test]
+fn maildir_name_and_log_id_format() {
+    let now = Duration::new(1_700_000_000, 123_456_789);
+    assert_eq!(
+        unique::maildir_name(now, 4242, 7, "mx.example"),
+        "1700000000.M123456P4242Q7.mx.example"
+    );
+    assert_eq!(unique::base62(0, 2), "00");
+    assert_eq!(unique::base62(61, 1), "Z");
+    assert_eq!(unique::base62(62, 1), "10");
+    assert_eq!(unique::base62(62 * 62, 2), "100");
+    let id = unique::log_id(now, 4242, 7);
+    let parts: Vec<&str> = id.split('-').collect();
+    assert_eq!(parts.len(), 3, "{id}");
+    assert_eq!(parts[0].len(), 6);
+    assert_eq!(parts[1], "00016q");
+    assert_eq!(parts[2], "07");
+    assert!(id.chars().all(|c| c == '-' || c.is_ascii_alphanumeric()));
+}
+
+#[test]
+fn cleaner_removes_only_old_tmp_files() {
+    let tmp = TempDir::new();
+    let (mut store, root) = store(&tmp);
+    deliver(&mut store, &[mb("example.com", "alice")], &[b"x\r\n"]);
+    deliver(&mut store, &[mb("example.net", "bob")], &[b"x\r\n"]);
+    let old = SystemTime::now() - Duration::from_secs(40 * 60 * 60);
+    let make = |path: PathBuf, mtime: Option<SystemTime>| {
+        let f = File::create(&path).unwrap();
+        if let Some(t) = mtime {
+            f.set_modified(t).unwrap();
+        }
+        path
+    };
+    let stale1 = make(root.join("example.com/alice/tmp/stale1"), Some(old));
+    let stale2 = make(root.join("example.net/bob/tmp/stale2"), Some(old));
+    let fresh = make(root.join("example.com/alice/tmp/fresh"), None);
+    // Old files outside tmp/ are messages, not leftovers.
+    let old_new = make(root.join("example.com/alice/new/oldmsg"), Some(old));
+    let old_cur = make(root.join("example.com/alice/cur/oldmsg:2,S"), Some(old));
+    // Directories in tmp/ are not ours to remove.
+    fs::create_dir(root.join("example.com/alice/tmp/somedir")).unwrap();
+
+    assert_eq!(clean_stale_tmp(&root, STALE_TMP_AGE).unwrap(), 2);
+    assert!(!stale1.exists());
+    assert!(!stale2.exists());
+    assert!(fresh.exists());
+    assert!(old_new.exists());
+    assert!(old_cur.exists());
+    assert!(root.join("example.com/alice/tmp/somedir").is_dir());
+    assert_eq!(clean_stale_tmp(&root, STALE_TMP_AGE).unwrap(), 0);
+
+    // A stray file at domain level and a missing root are not errors.
+    fs::write(root.join("README"), b"").unwrap();
+    assert_eq!(clean_stale_tmp(&root, STALE_TMP_AGE).unwrap(), 0);
+    assert_eq!(
+        clean_stale_tmp(&tmp.path().join("missing"), STALE_TMP_AGE).unwrap(),
+        0
+    );
+}
+
+#[test]
+fn stores_are_sendable() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Store>();
+    assert_send::<super::Delivery>();
+}
