@@ -1,0 +1,424 @@
+//! The command line, parsed and validated once into a plain `Config`.
+//! Nothing downstream looks at flags again.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use getopts::{Matches, Options};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:2525";
+pub const DEFAULT_PRIORITY: &str = "NORMAL:-VERS-TLS1.0:-VERS-TLS1.1";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// RFC 5321 4.5.3.2 timeouts, plus the ones TLS and shutdown need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Waiting for a command (RFC 5321: 5 minutes).
+    pub command: Duration,
+    /// Waiting for the next block of message data (RFC 5321: 3 minutes).
+    pub data: Duration,
+    /// A whole TLS handshake; GnuTLS has no timeout of its own.
+    pub handshake: Duration,
+    /// How long SIGTERM waits for transactions in progress.
+    pub shutdown: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub listen_tls: Vec<SocketAddr>,
+    /// Empty: use the generated self-signed certificate.
+    pub certs: Vec<CertPair>,
+    pub state_dir: PathBuf,
+    pub maildir: PathBuf,
+    /// Lowercase; recipients in other domains are refused.
+    pub domains: Vec<String>,
+    pub hostname: String,
+    pub tls_priority: String,
+    pub max_message_size: u64,
+    pub max_connections: usize,
+    pub max_recipients: usize,
+    pub timeouts: Timeouts,
+}
+
+pub enum Command {
+    Run(Box<Config>),
+    Help(String),
+    Version,
+}
+
+/// A bad flag or value: one line naming the flag; the caller exits 2.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn options() -> Options {
+    let mut o = Options::new();
+    o.optmulti(
+        "",
+        "listen",
+        "plain SMTP listener offering STARTTLS (default 127.0.0.1:2525)",
+        "ADDR:PORT",
+    );
+    o.optmulti(
+        "",
+        "listen-tls",
+        "implicit-TLS listener (RFC 8314)",
+        "ADDR:PORT",
+    );
+    o.optmulti(
+        "",
+        "cert",
+        "PEM certificate chain (paired in order with --key)",
+        "FILE",
+    );
+    o.optmulti(
+        "",
+        "key",
+        "PEM private key for the --cert at the same position",
+        "FILE",
+    );
+    o.optopt(
+        "",
+        "state-dir",
+        "state directory (default ./gsmtpd-state)",
+        "DIR",
+    );
+    o.optopt(
+        "",
+        "maildir",
+        "root of the Maildir store (default STATE_DIR/mail)",
+        "DIR",
+    );
+    o.optmulti(
+        "",
+        "domain",
+        "accepted recipient domain (default localhost and the host name)",
+        "NAME",
+    );
+    o.optopt(
+        "",
+        "hostname",
+        "name in banner, EHLO and Received (default: system host name)",
+        "NAME",
+    );
+    o.optopt("", "tls-priority", "GnuTLS priority string", "STRING");
+    o.optopt(
+        "",
+        "max-message-size",
+        "advertised in SIZE and enforced (default 52428800)",
+        "BYTES",
+    );
+    o.optopt(
+        "",
+        "max-connections",
+        "concurrent connections; beyond it 421 (default 1000)",
+        "N",
+    );
+    o.optopt(
+        "",
+        "max-recipients",
+        "recipients per message; beyond it 452 (default 100)",
+        "N",
+    );
+    o.optopt(
+        "",
+        "command-timeout",
+        "seconds to wait for a command (default 300)",
+        "SECONDS",
+    );
+    o.optopt(
+        "",
+        "data-timeout",
+        "seconds to wait for each data block (default 180)",
+        "SECONDS",
+    );
+    o.optopt(
+        "",
+        "handshake-timeout",
+        "seconds for a whole TLS handshake (default 60)",
+        "SECONDS",
+    );
+    o.optopt(
+        "",
+        "shutdown-timeout",
+        "seconds SIGTERM waits for transactions (default 30)",
+        "SECONDS",
+    );
+    o.optflag("h", "help", "print this help");
+    o.optflag(
+        "V",
+        "version",
+        "print the version and the GnuTLS version in use",
+    );
+    o
+}
+
+pub fn usage() -> String {
+    options()
+        .usage("Usage: gsmtpd [OPTIONS]\n\nSMTP server with STARTTLS and implicit TLS over GnuTLS.")
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: &[String]) -> Result<Command, UsageError> {
+    let m = options()
+        .parse(args)
+        .map_err(|e| UsageError(e.to_string()))?;
+    if m.opt_present("help") {
+        return Ok(Command::Help(usage()));
+    }
+    if m.opt_present("version") {
+        return Ok(Command::Version);
+    }
+    if let Some(extra) = m.free.first() {
+        return Err(UsageError(format!("unexpected argument '{extra}'")));
+    }
+    build(&m).map(|c| Command::Run(Box::new(c)))
+}
+
+fn build(m: &Matches) -> Result<Config, UsageError> {
+    let mut listen = addresses(m, "listen")?;
+    let listen_tls = addresses(m, "listen-tls")?;
+    if listen.is_empty() && listen_tls.is_empty() {
+        listen.push(SocketAddr::from_str(DEFAULT_LISTEN).map_err(|e| UsageError(e.to_string()))?);
+    }
+    let state_dir = PathBuf::from(
+        m.opt_str("state-dir")
+            .unwrap_or_else(|| "./gsmtpd-state".into()),
+    );
+    let maildir = m
+        .opt_str("maildir")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| state_dir.join("mail"));
+    let hostname = match m.opt_str("hostname") {
+        Some(h) => checked_name("hostname", &h)?,
+        None => system_hostname(),
+    };
+    let domains = match m.opt_strs("domain") {
+        d if d.is_empty() => default_domains(&hostname),
+        d => d
+            .iter()
+            .map(|n| checked_name("domain", n))
+            .collect::<Result<_, _>>()?,
+    };
+    let tls_priority = m
+        .opt_str("tls-priority")
+        .unwrap_or_else(|| DEFAULT_PRIORITY.into());
+    if tls_priority.is_empty() || tls_priority.contains('\0') {
+        return Err(UsageError(
+            "--tls-priority: must be a non-empty GnuTLS priority string".into(),
+        ));
+    }
+    Ok(Config {
+        listen,
+        listen_tls,
+        certs: cert_pairs(m)?,
+        state_dir,
+        maildir,
+        domains,
+        hostname,
+        tls_priority,
+        max_message_size: number(m, "max-message-size", 52_428_800, 1)?,
+        max_connections: number(m, "max-connections", 1000, 1)?,
+        max_recipients: number(m, "max-recipients", 100, 1)?,
+        timeouts: Timeouts {
+            command: seconds(m, "command-timeout", 300)?,
+            data: seconds(m, "data-timeout", 180)?,
+            handshake: seconds(m, "handshake-timeout", 60)?,
+            shutdown: seconds(m, "shutdown-timeout", 30)?,
+        },
+    })
+}
+
+fn addresses(m: &Matches, flag: &str) -> Result<Vec<SocketAddr>, UsageError> {
+    m.opt_strs(flag)
+        .iter()
+        .map(|s| {
+            SocketAddr::from_str(s).map_err(|_| {
+                UsageError(format!(
+                    "--{flag}: '{s}' is not ADDR:PORT (for example 127.0.0.1:2525 or [::1]:2525)"
+                ))
+            })
+        })
+        .collect()
+}
+
+fn cert_pairs(m: &Matches) -> Result<Vec<CertPair>, UsageError> {
+    let certs = m.opt_strs("cert");
+    let keys = m.opt_strs("key");
+    if certs.len() != keys.len() {
+        let flag = if certs.len() > keys.len() {
+            "--cert"
+        } else {
+            "--key"
+        };
+        return Err(UsageError(format!(
+            "{flag}: every --cert needs a --key in the same position ({} --cert, {} --key)",
+            certs.len(),
+            keys.len()
+        )));
+    }
+    Ok(certs
+        .into_iter()
+        .zip(keys)
+        .map(|(c, k)| CertPair {
+            cert: c.into(),
+            key: k.into(),
+        })
+        .collect())
+}
+
+fn number<T: FromStr + PartialOrd + Copy + std::fmt::Display>(
+    m: &Matches,
+    flag: &str,
+    default: T,
+    min: T,
+) -> Result<T, UsageError> {
+    let Some(text) = m.opt_str(flag) else {
+        return Ok(default);
+    };
+    match text.parse::<T>() {
+        Ok(v) if v >= min => Ok(v),
+        _ => Err(UsageError(format!(
+            "--{flag}: '{text}' is not a whole number of at least {min}"
+        ))),
+    }
+}
+
+fn seconds(m: &Matches, flag: &str, default: u64) -> Result<Duration, UsageError> {
+    number(m, flag, default, 1).map(Duration::from_secs)
+}
+
+/// A DNS name (hostname or mail domain) as it may appear in replies and
+/// directory names: letters, digits, '-', '.', no leading dot.
+fn checked_name(flag: &str, name: &str) -> Result<String, UsageError> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && !name.starts_with('.')
+        && !name.contains("..")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if ok {
+        Ok(name.to_ascii_lowercase())
+    } else {
+        Err(UsageError(format!(
+            "--{flag}: '{name}' is not a valid domain name"
+        )))
+    }
+}
+
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .and_then(|h| checked_name("hostname", h.trim()).ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn default_domains(hostname: &str) -> Vec<String> {
+    let mut d = vec!["localhost".to_string()];
+    if hostname != "localhost" {
+        d.push(hostname.to_string());
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Config, UsageError> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        match parse(&args)? {
+            Command::Run(c) => Ok(*c),
+            _ => panic!("not a run command"),
+        }
+    }
+
+    fn error(args: &[&str]) -> String {
+        run(args).err().map(|e| e.0).unwrap_or_default()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = run(&["--hostname", "mx.example.org"]).unwrap();
+        assert_eq!(
+            c.listen,
+            vec![SocketAddr::from_str("127.0.0.1:2525").unwrap()]
+        );
+        assert!(c.listen_tls.is_empty());
+        assert_eq!(c.state_dir, PathBuf::from("./gsmtpd-state"));
+        assert_eq!(c.maildir, PathBuf::from("./gsmtpd-state/mail"));
+        assert_eq!(c.domains, vec!["localhost", "mx.example.org"]);
+        assert_eq!(c.tls_priority, DEFAULT_PRIORITY);
+        assert_eq!(c.max_message_size, 52_428_800);
+        assert_eq!(c.max_connections, 1000);
+        assert_eq!(c.timeouts.command, Duration::from_secs(300));
+        assert_eq!(c.timeouts.data, Duration::from_secs(180));
+    }
+
+    #[test]
+    fn tls_listener_alone_replaces_default_listener() {
+        let c = run(&["--listen-tls", "[::1]:4650"]).unwrap();
+        assert!(c.listen.is_empty());
+        assert_eq!(
+            c.listen_tls,
+            vec![SocketAddr::from_str("[::1]:4650").unwrap()]
+        );
+    }
+
+    #[test]
+    fn repeatable_flags_keep_order() {
+        let c = run(&[
+            "--cert",
+            "a.pem",
+            "--key",
+            "a.key",
+            "--cert",
+            "b.pem",
+            "--key",
+            "b.key",
+            "--domain",
+            "Example.ORG",
+            "--domain",
+            "example.net",
+            "--state-dir",
+            "/var/lib/g",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.certs[1],
+            CertPair {
+                cert: "b.pem".into(),
+                key: "b.key".into()
+            }
+        );
+        assert_eq!(c.domains, vec!["example.org", "example.net"]);
+        assert_eq!(c.maildir, PathBuf::from("/var/lib/g/mail"));
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        assert!(error(&["--listen", "nonsense"]).starts_with("--listen:"));
+        assert!(error(&["--max-connections", "0"]).starts_with("--max-connections:"));
+        assert!(error(&["--max-message-size", "-5"]).starts_with("--max-message-size:"));
+        assert!(error(&["--cert", "a.pem"]).starts_with("--cert:"));
+        assert!(error(&["--key", "a.key"]).starts_with("--key:"));
+        assert!(error(&["--domain", "../etc"]).starts_with("--domain:"));
+        assert!(error(&["--hostname", "a b"]).starts_with("--hostname:"));
+        assert!(error(&["--no-such-flag"]).contains("no-such-flag"));
+        assert!(error(&["stray"]).contains("stray"));
+    }
+}

@@ -1,0 +1,456 @@
+//! One client connection: moves bytes between the socket, the TLS session
+//! (when there is one) and the SMTP state machine, and decides when the
+//! connection ends. Reads are drained until `WouldBlock` (mio is
+//! edge-triggered); replies produced by one batch of input go out in one
+//! write.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::mem;
+use std::net::{Shutdown, SocketAddr};
+use std::time::Duration;
+
+use mio::net::TcpStream;
+
+use super::Shared;
+use super::delivery::{Pending, StoreSink, tls_field};
+use super::listener::Kind;
+use super::timers::{Deadline, TimerKey};
+use crate::smtp::{ConnInfo, Next, Phase, Smtp, TlsInfo};
+use crate::tls::{Handshake, ReadStatus, ServerSession, TlsError};
+
+/// Past this much unsent output, stop reading from a client that does not
+/// read its replies.
+const OUTPUT_HIGH_WATER: usize = 256 * 1024;
+/// How long a closing connection may take to accept its last bytes.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// Why a connection ended, as the close log line says it.
+#[derive(Debug)]
+pub enum Close {
+    Quit,
+    /// The state machine ended it (too many errors, synchronisation error).
+    Protocol,
+    Lost,
+    Timeout,
+    HandshakeTimeout,
+    Shutdown,
+    Tls(TlsError),
+    Io(io::Error),
+}
+
+impl fmt::Display for Close {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Close::Quit => f.write_str("closed by QUIT"),
+            Close::Protocol => f.write_str("closed after a protocol error"),
+            Close::Lost => f.write_str("lost"),
+            Close::Timeout => f.write_str("closed: timeout"),
+            Close::HandshakeTimeout => f.write_str("closed: TLS handshake timeout"),
+            Close::Shutdown => f.write_str("closed: server shutting down"),
+            Close::Tls(e) => write!(f, "closed: {e}"),
+            Close::Io(e) => write!(f, "lost: {e}"),
+        }
+    }
+}
+
+enum Tls {
+    Off,
+    Handshaking(Box<ServerSession>),
+    Established(Box<ServerSession>),
+}
+
+pub struct Conn {
+    pub socket: TcpStream,
+    pub peer: SocketAddr,
+    kind: Kind,
+    key: TimerKey,
+    pub deadline: Deadline,
+    smtp: Smtp,
+    tls: Tls,
+    /// Cleartext that must reach the client before any TLS record: the
+    /// STARTTLS 220 reply when the socket could not take it at once.
+    pre_tls: Vec<u8>,
+    pending: Option<Pending>,
+    closing: Option<Close>,
+    read_paused: bool,
+}
+
+type Step = Result<(), Close>;
+
+impl Conn {
+    pub fn new(
+        socket: TcpStream,
+        peer: SocketAddr,
+        kind: Kind,
+        key: TimerKey,
+        shared: &mut Shared,
+    ) -> Result<Conn, TlsError> {
+        let info = ConnInfo {
+            peer,
+            starttls_available: kind == Kind::Starttls,
+            tls: None,
+            pipe_connect: false,
+        };
+        let tls = match kind {
+            Kind::Starttls => Tls::Off,
+            Kind::Implicit => Tls::Handshaking(Box::new(shared.tls.session()?)),
+        };
+        let timeout = match kind {
+            Kind::Starttls => shared.timeouts.command,
+            Kind::Implicit => shared.timeouts.handshake,
+        };
+        let mut conn = Conn {
+            socket,
+            peer,
+            kind,
+            key,
+            deadline: Deadline::new(shared.now),
+            smtp: Smtp::new(shared.smtp_config.clone(), info),
+            tls,
+            pre_tls: Vec::new(),
+            pending: None,
+            closing: None,
+            read_paused: false,
+        };
+        conn.set_deadline(shared, timeout);
+        Ok(conn)
+    }
+
+    /// Sends the banner on a plain connection; an implicit-TLS one sends it
+    /// once the handshake is done.
+    pub fn start(&mut self) -> Option<Close> {
+        if matches!(self.tls, Tls::Off) {
+            self.smtp.greet();
+        }
+        let step = self.flush();
+        self.finish(step)
+    }
+
+    pub fn key(&self) -> TimerKey {
+        self.key
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        self.smtp.in_transaction()
+    }
+
+    /// Handles a readiness event. Some(reason) means: remove the connection.
+    pub fn on_ready(
+        &mut self,
+        readable: bool,
+        writable: bool,
+        shared: &mut Shared,
+    ) -> Option<Close> {
+        let step = self.service(readable, writable, shared);
+        self.finish(step)
+    }
+
+    fn service(&mut self, readable: bool, writable: bool, shared: &mut Shared) -> Step {
+        if readable && !self.read_paused {
+            self.read_socket(shared)?;
+        }
+        self.flush()?;
+        if writable && self.read_paused && self.output_len() == 0 {
+            // Edge-triggered: data left unread while paused raises no new
+            // event, so resume reading now.
+            self.read_paused = false;
+            self.read_socket(shared)?;
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    pub fn on_timeout(&mut self, shared: &mut Shared) -> Option<Close> {
+        if self.closing.is_some() {
+            return Some(Close::Timeout);
+        }
+        if matches!(self.tls, Tls::Handshaking(_)) {
+            return Some(Close::HandshakeTimeout);
+        }
+        log::info!(
+            "SMTP command timeout on connection from [{}]:{}",
+            self.peer.ip(),
+            self.peer.port()
+        );
+        self.smtp.timed_out();
+        self.begin_close(Close::Timeout, shared);
+        let step = self.flush();
+        self.finish(step)
+    }
+
+    /// SIGTERM: connections between transactions end now with 421; those
+    /// in a transaction finish it first (see `feed_smtp`).
+    pub fn on_shutdown(&mut self, shared: &mut Shared) -> Option<Close> {
+        if matches!(self.tls, Tls::Handshaking(_)) {
+            return Some(Close::Shutdown);
+        }
+        if self.closing.is_some() || self.smtp.in_transaction() {
+            return None;
+        }
+        self.smtp.shutting_down();
+        self.begin_close(Close::Shutdown, shared);
+        let step = self.flush();
+        self.finish(step)
+    }
+
+    fn finish(&mut self, step: Step) -> Option<Close> {
+        if let Err(close) = step {
+            // Best effort: a TLS alert or last reply may still fit.
+            let _ = self.write_out();
+            return Some(close);
+        }
+        if self.closing.is_some() && self.output_len() == 0 {
+            let _ = self.socket.shutdown(Shutdown::Write);
+            return self.closing.take();
+        }
+        None
+    }
+
+    fn read_socket(&mut self, shared: &mut Shared) -> Step {
+        let mut buf = mem::take(&mut shared.read_buf);
+        let step = self.read_into(&mut buf, shared);
+        shared.read_buf = buf;
+        step
+    }
+
+    fn read_into(&mut self, buf: &mut [u8], shared: &mut Shared) -> Step {
+        while self.closing.is_none() {
+            match self.socket.read(buf) {
+                Ok(0) => return Err(Close::Lost),
+                Ok(n) => self.ingest(&buf[..n], shared)?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Close::Io(e)),
+            }
+            if self.output_len() > OUTPUT_HIGH_WATER {
+                self.read_paused = true;
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    fn ingest(&mut self, bytes: &[u8], shared: &mut Shared) -> Step {
+        match &mut self.tls {
+            Tls::Off => self.feed_smtp(bytes, shared),
+            Tls::Handshaking(session) => {
+                session.feed(bytes);
+                self.advance_handshake(shared)
+            }
+            Tls::Established(session) => {
+                session.feed(bytes);
+                self.decrypt(shared)
+            }
+        }
+    }
+
+    fn advance_handshake(&mut self, shared: &mut Shared) -> Step {
+        let Tls::Handshaking(session) = &mut self.tls else {
+            return Ok(());
+        };
+        match session.handshake().map_err(Close::Tls)? {
+            Handshake::InProgress => return Ok(()),
+            Handshake::Done => {}
+        }
+        let negotiated = session.negotiated();
+        let info = TlsInfo {
+            version: negotiated.version.to_string(),
+            cipher: negotiated.cipher,
+            bits: negotiated.bits,
+            resumed: negotiated.resumed,
+        };
+        log::info!(
+            "TLS established with [{}]:{} X={}",
+            self.peer.ip(),
+            self.peer.port(),
+            tls_field(&info)
+        );
+        if let Tls::Handshaking(session) = mem::replace(&mut self.tls, Tls::Off) {
+            self.tls = Tls::Established(session);
+        }
+        self.smtp.tls_established(info);
+        if self.kind == Kind::Implicit {
+            self.smtp.greet();
+        }
+        let timeout = shared.timeouts.command;
+        self.set_deadline(shared, timeout);
+        // A TLS 1.3 client may send its first command with its Finished.
+        self.decrypt(shared)
+    }
+
+    fn decrypt(&mut self, shared: &mut Shared) -> Step {
+        let Tls::Established(session) = &mut self.tls else {
+            return Ok(());
+        };
+        let mut plain = mem::take(&mut shared.plain);
+        plain.clear();
+        let status = session.read(&mut plain);
+        let step = match status {
+            Ok(_) if !plain.is_empty() => self.feed_smtp(&plain, shared),
+            _ => Ok(()),
+        };
+        shared.plain = plain;
+        step?;
+        match status.map_err(Close::Tls)? {
+            ReadStatus::Open => Ok(()),
+            ReadStatus::Closed if self.closing.is_some() => Ok(()),
+            ReadStatus::Closed => Err(Close::Lost),
+        }
+    }
+
+    fn feed_smtp(&mut self, bytes: &[u8], shared: &mut Shared) -> Step {
+        let mut sink = StoreSink {
+            store: &mut shared.store,
+            pending: &mut self.pending,
+            hostname: &shared.smtp_config.hostname,
+            peer: self.peer,
+        };
+        let next = self.smtp.receive(bytes, &mut sink);
+        let timeout = match self.smtp.phase() {
+            Phase::Command => shared.timeouts.command,
+            Phase::Data => shared.timeouts.data,
+        };
+        self.set_deadline(shared, timeout);
+        match next {
+            Next::Continue if shared.shutting_down && !self.smtp.in_transaction() => {
+                self.smtp.shutting_down();
+                self.begin_close(Close::Shutdown, shared);
+                Ok(())
+            }
+            Next::Continue => Ok(()),
+            Next::Close => {
+                let reason = if self.smtp.quit_received() {
+                    Close::Quit
+                } else {
+                    Close::Protocol
+                };
+                self.begin_close(reason, shared);
+                Ok(())
+            }
+            Next::StartTls => self.start_tls(shared),
+        }
+    }
+
+    /// STARTTLS was accepted. Anything the client sent after it, before it
+    /// could have seen our 220, is an injection attempt: the state machine
+    /// dropped the rest of its batch, and what is still in the socket is
+    /// drained and dropped here, before the 220 goes out.
+    fn start_tls(&mut self, shared: &mut Shared) -> Step {
+        let discarded = self.discard_input(shared)?;
+        if discarded > 0 {
+            log::warn!(
+                "discarded {discarded} bytes sent after STARTTLS by [{}]:{}",
+                self.peer.ip(),
+                self.peer.port()
+            );
+        }
+        self.pre_tls.extend_from_slice(self.smtp.output());
+        let n = self.smtp.output().len();
+        self.smtp.consume_output(n);
+        self.tls = Tls::Handshaking(Box::new(shared.tls.session().map_err(Close::Tls)?));
+        let timeout = shared.timeouts.handshake;
+        self.set_deadline(shared, timeout);
+        self.write_out()
+    }
+
+    fn discard_input(&mut self, shared: &mut Shared) -> Result<usize, Close> {
+        let mut total = 0;
+        loop {
+            match self.socket.read(&mut shared.read_buf) {
+                Ok(0) => return Err(Close::Lost),
+                Ok(n) => total += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Close::Io(e)),
+            }
+        }
+    }
+
+    /// Ends the conversation once the queued output (the last reply, and
+    /// close_notify under TLS) has been written.
+    fn begin_close(&mut self, reason: Close, shared: &mut Shared) {
+        if let Tls::Established(session) = &mut self.tls {
+            let _ = encrypt(session, &mut self.smtp);
+            session.bye();
+        }
+        self.closing = Some(reason);
+        let key = self.key;
+        let at = shared.now + CLOSE_GRACE;
+        shared.timers.set(&mut self.deadline, at, key);
+    }
+
+    fn flush(&mut self) -> Step {
+        if let Tls::Established(session) = &mut self.tls {
+            encrypt(session, &mut self.smtp).map_err(Close::Tls)?;
+        }
+        self.write_out()
+    }
+
+    /// Writes what is queued for the socket until done or `WouldBlock`.
+    fn write_out(&mut self) -> Step {
+        write_some(&mut self.socket, &mut self.pre_tls)?;
+        if !self.pre_tls.is_empty() {
+            return Ok(());
+        }
+        match &mut self.tls {
+            Tls::Off => {
+                let n = write_slice(&mut self.socket, self.smtp.output())?;
+                self.smtp.consume_output(n);
+            }
+            Tls::Handshaking(session) | Tls::Established(session) => {
+                let n = write_slice(&mut self.socket, session.pending_output())?;
+                session.consume_output(n);
+            }
+        }
+        Ok(())
+    }
+
+    fn output_len(&self) -> usize {
+        let tls = match &self.tls {
+            Tls::Off => 0,
+            Tls::Handshaking(s) | Tls::Established(s) => s.pending_output().len(),
+        };
+        self.pre_tls.len() + self.smtp.output().len() + tls
+    }
+
+    fn set_deadline(&mut self, shared: &mut Shared, timeout: Duration) {
+        if self.closing.is_some() {
+            return;
+        }
+        let key = self.key;
+        let at = shared.now + timeout;
+        shared.timers.set(&mut self.deadline, at, key);
+    }
+}
+
+/// Moves the state machine's replies into TLS records.
+fn encrypt(session: &mut ServerSession, smtp: &mut Smtp) -> Result<(), TlsError> {
+    let n = smtp.output().len();
+    if n > 0 {
+        session.write(smtp.output())?;
+        smtp.consume_output(n);
+    }
+    Ok(())
+}
+
+fn write_some(socket: &mut TcpStream, buf: &mut Vec<u8>) -> Step {
+    let n = write_slice(socket, buf)?;
+    buf.drain(..n);
+    Ok(())
+}
+
+/// Writes as much of `buf` as the socket takes; returns how much that was.
+fn write_slice(socket: &mut TcpStream, buf: &[u8]) -> Result<usize, Close> {
+    let mut written = 0;
+    while written < buf.len() {
+        match socket.write(&buf[written..]) {
+            Ok(0) => return Err(Close::Lost),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Close::Io(e)),
+        }
+    }
+    Ok(written)
+}

@@ -1,0 +1,114 @@
+//! The bridge from the SMTP state machine's `MessageSink` to the Maildir
+//! store: one message in progress per connection, the trace headers, and
+//! the `<=` log line once the message is durable.
+
+use std::net::SocketAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::received;
+use crate::smtp::{Envelope, MessageSink, SinkError, TlsInfo};
+use crate::store::{Delivery, Store};
+
+/// A message being received: lives in the connection across reads.
+pub struct Pending {
+    id: String,
+    delivery: Delivery,
+}
+
+/// Borrowed for one `Smtp::receive` call.
+pub struct StoreSink<'a> {
+    pub store: &'a mut Store,
+    pub pending: &'a mut Option<Pending>,
+    pub hostname: &'a str,
+    pub peer: SocketAddr,
+}
+
+fn sink_error(what: &str, e: std::io::Error) -> SinkError {
+    SinkError(format!("{what}: {e}"))
+}
+
+impl MessageSink for StoreSink<'_> {
+    fn begin(&mut self, env: &Envelope) -> Result<(), SinkError> {
+        let id = self.store.next_id();
+        let header = received::trace_headers(env, &id, self.hostname, unix_now());
+        let mailboxes: Vec<(String, String)> = env
+            .recipients
+            .iter()
+            .map(|r| (r.domain.clone(), r.local.to_lowercase()))
+            .collect();
+        let delivery = self
+            .store
+            .begin(&mailboxes, &header)
+            .map_err(|e| sink_error("starting delivery", e))?;
+        *self.pending = Some(Pending { id, delivery });
+        Ok(())
+    }
+
+    fn write(&mut self, content: &[u8]) -> Result<(), SinkError> {
+        let pending = self
+            .pending
+            .as_mut()
+            .ok_or_else(|| SinkError("no message in progress".into()))?;
+        pending
+            .delivery
+            .write(content)
+            .map_err(|e| sink_error("writing message", e))
+    }
+
+    fn commit(&mut self, env: &Envelope, size: u64) -> Result<String, SinkError> {
+        let Pending { id, delivery } = self
+            .pending
+            .take()
+            .ok_or_else(|| SinkError("no message in progress".into()))?;
+        delivery
+            .commit()
+            .map_err(|e| sink_error("committing message", e))?;
+        log::info!("{}", arrival_line(env, &id, size, self.peer));
+        Ok(id)
+    }
+
+    fn abort(&mut self) {
+        // Dropping the delivery removes its temporary file.
+        self.pending.take();
+    }
+}
+
+/// Exim's `<=` line: `<= sender H=(helo) [ip]:port P=esmtps
+/// X=TLS1.3:CIPHER:BITS* S=size id=ID for rcpt...`.
+pub fn arrival_line(env: &Envelope, id: &str, size: u64, peer: SocketAddr) -> String {
+    let sender = if env.sender.is_empty() {
+        "<>"
+    } else {
+        env.sender.as_str()
+    };
+    let mut line = format!(
+        "<= {sender} H=({}) [{}]:{} P={}",
+        env.helo.escape_debug(),
+        peer.ip(),
+        peer.port(),
+        env.protocol().to_ascii_lowercase()
+    );
+    if let Some(tls) = &env.tls {
+        line.push_str(" X=");
+        line.push_str(&tls_field(tls));
+    }
+    line.push_str(&format!(" S={size} id={id} for"));
+    for r in &env.recipients {
+        line.push_str(&format!(" {}@{}", r.local.escape_debug(), r.domain));
+    }
+    line
+}
+
+/// `TLS1.3:TLS_AES_256_GCM_SHA384:256`, with `*` appended when resumed
+/// (Exim's tls_resumption log selector).
+pub fn tls_field(tls: &TlsInfo) -> String {
+    let star = if tls.resumed { "*" } else { "" };
+    format!("{}:{}:{}{star}", tls.version, tls.cipher, tls.bits)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,382 @@
+//! The event loop: one thread, one `mio::Poll`, listeners and a
+//! token-indexed connection table, deadlines in a heap, signals through
+//! signal-hook's mio source.
+
+mod conn;
+mod delivery;
+mod listener;
+mod table;
+mod timers;
+mod tls_context;
+
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+
+use crate::config::{Config, Timeouts};
+use crate::smtp::SmtpConfig;
+use crate::store::{self, Store};
+use conn::{Close, Conn};
+use listener::{Kind, Listener};
+use table::Table;
+use timers::{TimerKey, Timers};
+use tls_context::TlsContext;
+
+const SIGNALS: Token = Token(0);
+const FIRST_LISTENER: usize = 1;
+/// Connection tokens start here; listener tokens lie below.
+const FIRST_CONN: usize = 1 << 16;
+/// After EMFILE/ENFILE, how long to leave pending connections in the
+/// backlog before trying accept again (instead of spinning on the error).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
+
+/// What every connection handler may use besides its own state.
+pub struct Shared {
+    pub smtp_config: Rc<SmtpConfig>,
+    pub tls: TlsContext,
+    pub store: Store,
+    pub timeouts: Timeouts,
+    pub timers: Timers,
+    /// The loop's clock for this iteration, read once per wakeup.
+    pub now: Instant,
+    pub shutting_down: bool,
+    /// Socket reads land here; one buffer for all connections.
+    pub read_buf: Vec<u8>,
+    /// Decrypted TLS input, likewise shared.
+    pub plain: Vec<u8>,
+}
+
+pub struct Server {
+    poll: Poll,
+    listeners: Vec<Listener>,
+    signals: Signals,
+    conns: Table<Conn>,
+    shared: Shared,
+    max_connections: usize,
+    next_serial: u64,
+    accept_paused_until: Option<Instant>,
+    shutdown_deadline: Option<Instant>,
+}
+
+impl Server {
+    /// Binds every listener and loads everything a connection needs, so
+    /// that a configuration error stops the start, not the first client.
+    pub fn bind(config: &Config) -> Result<Server, String> {
+        let tls = TlsContext::load(config)?;
+        let store = Store::open(&config.maildir, &config.hostname)
+            .map_err(|e| format!("mail store {}: {e}", config.maildir.display()))?;
+        match store::clean_stale_tmp(&config.maildir, store::STALE_TMP_AGE) {
+            Ok(0) => {}
+            Ok(n) => log::info!("removed {n} stale files from the mail store's tmp/ directories"),
+            Err(e) => log::warn!("cleaning stale tmp/ files: {e}"),
+        }
+        let poll = Poll::new().map_err(|e| format!("creating the poller: {e}"))?;
+        let mut listeners = Vec::new();
+        let wanted = config
+            .listen
+            .iter()
+            .map(|a| (*a, Kind::Starttls))
+            .chain(config.listen_tls.iter().map(|a| (*a, Kind::Implicit)));
+        for (addr, kind) in wanted {
+            let mut l =
+                listener::bind(addr, kind).map_err(|e| format!("listening on {addr}: {e}"))?;
+            let token = Token(FIRST_LISTENER + listeners.len());
+            poll.registry()
+                .register(&mut l.socket, token, Interest::READABLE)
+                .map_err(|e| format!("registering {addr}: {e}"))?;
+            listeners.push(l);
+        }
+        let mut signals =
+            Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signal handlers: {e}"))?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .map_err(|e| format!("registering signals: {e}"))?;
+        let smtp_config = SmtpConfig {
+            hostname: config.hostname.clone(),
+            domains: config.domains.clone(),
+            max_message_size: config.max_message_size,
+            max_recipients: config.max_recipients,
+        };
+        Ok(Server {
+            poll,
+            listeners,
+            signals,
+            conns: Table::new(),
+            shared: Shared {
+                smtp_config: Rc::new(smtp_config),
+                tls,
+                store,
+                timeouts: config.timeouts.clone(),
+                timers: Timers::default(),
+                now: Instant::now(),
+                shutting_down: false,
+                read_buf: vec![0; 16 * 1024],
+                plain: Vec::with_capacity(32 * 1024),
+            },
+            max_connections: config.max_connections,
+            next_serial: 0,
+            accept_paused_until: None,
+            shutdown_deadline: None,
+        })
+    }
+
+    pub fn local_addrs(&self) -> Vec<(SocketAddr, bool)> {
+        self.listeners
+            .iter()
+            .map(|l| (l.addr, l.kind == Kind::Implicit))
+            .collect()
+    }
+
+    /// Runs until SIGTERM/SIGINT and the end of the transactions then in
+    /// progress (or the shutdown timeout).
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            self.shared.now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    SIGNALS => self.on_signal(),
+                    Token(t) if t >= FIRST_CONN => self.on_conn_event(t - FIRST_CONN, event),
+                    Token(t) => self.accept(t - FIRST_LISTENER),
+                }
+            }
+            self.run_timers();
+            if self.shutting_down_done() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        let next = [
+            self.shared.timers.next_due(),
+            self.accept_paused_until,
+            self.shutdown_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
+        Some(next.saturating_duration_since(Instant::now()))
+    }
+
+    fn accept(&mut self, index: usize) {
+        if self.accept_paused_until.is_some() || self.shared.shutting_down {
+            return;
+        }
+        let Some(listener) = self.listeners.get(index) else {
+            return;
+        };
+        let kind = listener.kind;
+        loop {
+            let accepted = match self.listeners.get(index) {
+                Some(l) => l.socket.accept(),
+                None => return,
+            };
+            match accepted {
+                Ok((socket, peer)) => self.admit(socket, peer, kind),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if retry_accept(&e) => continue,
+                Err(e) if out_of_resources(&e) => {
+                    log::warn!(
+                        "accept: {e}; pausing accepts for {} ms",
+                        ACCEPT_BACKOFF.as_millis()
+                    );
+                    self.accept_paused_until = Some(self.shared.now + ACCEPT_BACKOFF);
+                    return;
+                }
+                Err(e) => {
+                    log::warn!("accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut socket: TcpStream, peer: SocketAddr, kind: Kind) {
+        if self.conns.len() >= self.max_connections {
+            log::warn!(
+                "refused connection from [{}]:{}: too many connections ({})",
+                peer.ip(),
+                peer.port(),
+                self.max_connections
+            );
+            let reply = format!(
+                "421 4.3.2 {} Too many connections, try again later\r\n",
+                self.shared.smtp_config.hostname
+            );
+            // Best effort: the socket buffer of a new connection is empty.
+            let _ = io::Write::write(&mut socket, reply.as_bytes());
+            return;
+        }
+        let _ = socket.set_nodelay(true);
+        let slot = self.conns.vacant_slot();
+        self.next_serial += 1;
+        let key = TimerKey {
+            slot,
+            serial: self.next_serial,
+        };
+        let mut conn = match Conn::new(socket, peer, kind, key, &mut self.shared) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("connection from [{}]:{}: {e}", peer.ip(), peer.port());
+                return;
+            }
+        };
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut conn.socket, Token(FIRST_CONN + slot), interest)
+        {
+            log::error!(
+                "registering connection from [{}]:{}: {e}",
+                peer.ip(),
+                peer.port()
+            );
+            return;
+        }
+        let tls = if kind == Kind::Implicit {
+            " (implicit TLS)"
+        } else {
+            ""
+        };
+        log::info!(
+            "SMTP connection from [{}]:{}{tls} (TCP/IP connection count = {})",
+            peer.ip(),
+            peer.port(),
+            self.conns.len() + 1
+        );
+        let slot = self.conns.insert(conn);
+        if let Some(close) = self.conns.get_mut(slot).and_then(|c| c.start()) {
+            self.remove(slot, close);
+        }
+    }
+
+    fn on_conn_event(&mut self, slot: usize, event: &mio::event::Event) {
+        let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if let Some(close) = conn.on_ready(readable, event.is_writable(), &mut self.shared) {
+            self.remove(slot, close);
+        }
+    }
+
+    fn run_timers(&mut self) {
+        let now = self.shared.now;
+        while let Some((at, key)) = self.shared.timers.pop_due(now) {
+            let Some(conn) = self.conns.get_mut(key.slot) else {
+                continue;
+            };
+            if conn.key() != key || !self.shared.timers.expired(&mut conn.deadline, at, key, now) {
+                continue;
+            }
+            if let Some(close) = conn.on_timeout(&mut self.shared) {
+                self.remove(key.slot, close);
+            }
+        }
+        if self.accept_paused_until.is_some_and(|t| t <= now) {
+            self.accept_paused_until = None;
+            // Edge-triggered listeners raise no new event for connections
+            // already waiting in the backlog.
+            for i in 0..self.listeners.len() {
+                self.accept(i);
+            }
+        }
+    }
+
+    fn remove(&mut self, slot: usize, close: Close) {
+        let Some(mut conn) = self.conns.remove(slot) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut conn.socket);
+        let during = if conn.in_transaction() {
+            " during a transaction"
+        } else {
+            ""
+        };
+        log::info!(
+            "SMTP connection from [{}]:{} {close}{during}",
+            conn.peer.ip(),
+            conn.peer.port()
+        );
+    }
+
+    fn on_signal(&mut self) {
+        let received: Vec<i32> = self.signals.pending().collect();
+        if received.is_empty() || self.shared.shutting_down {
+            return;
+        }
+        log::info!(
+            "signal {} received: no new connections; waiting up to {} s for {} connection(s)",
+            received[0],
+            self.shared.timeouts.shutdown.as_secs(),
+            self.conns.len()
+        );
+        self.shared.shutting_down = true;
+        self.shutdown_deadline = Some(self.shared.now + self.shared.timeouts.shutdown);
+        for l in &mut self.listeners {
+            let _ = self.poll.registry().deregister(&mut l.socket);
+        }
+        // Dropping the listeners closes them: new clients are refused by
+        // the kernel rather than left waiting in a backlog nobody reads.
+        self.listeners.clear();
+        for slot in self.conns.slots() {
+            if let Some(close) = self
+                .conns
+                .get_mut(slot)
+                .and_then(|c| c.on_shutdown(&mut self.shared))
+            {
+                self.remove(slot, close);
+            }
+        }
+    }
+
+    fn shutting_down_done(&mut self) -> bool {
+        if !self.shared.shutting_down {
+            return false;
+        }
+        if self.conns.is_empty() {
+            log::info!("all connections closed; exiting");
+            return true;
+        }
+        if self.shutdown_deadline.is_some_and(|t| t <= self.shared.now) {
+            log::warn!(
+                "shutdown timeout: closing {} connection(s) still open",
+                self.conns.len()
+            );
+            for slot in self.conns.slots() {
+                self.remove(slot, Close::Shutdown);
+            }
+            return true;
+        }
+        false
+    }
+}
+
+fn retry_accept(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+    ) || e.raw_os_error() == Some(libc::EPROTO)
+}
+
+fn out_of_resources(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
