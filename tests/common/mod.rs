@@ -1,0 +1,458 @@
+//! Shared harness for the integration tests: a test PKI, the real gsmtpd
+//! binary started on ephemeral loopback ports, a plain SMTP client, and
+//! real TLS clients (gnutls-cli, openssl s_client) driven line by line.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const WAIT: Duration = Duration::from_secs(20);
+pub const DOMAIN: &str = "example.org";
+
+/// A fresh directory under cargo's per-target test scratch space.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The test PKI made by scripts/make-test-pki, once per test binary.
+pub fn pki() -> &'static Path {
+    static PKI: OnceLock<PathBuf> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let dir = scratch_dir("pki");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-test-pki");
+        let out = Command::new(script)
+            .arg(&dir)
+            .output()
+            .expect("running scripts/make-test-pki");
+        assert!(
+            out.status.success(),
+            "make-test-pki: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}
+
+pub fn pki_file(name: &str) -> String {
+    pki().join(name).display().to_string()
+}
+
+/// A running gsmtpd. Killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub plain: Vec<SocketAddr>,
+    pub tls: Vec<SocketAddr>,
+    pub state: PathBuf,
+    pub maildir: PathBuf,
+    log: Arc<Mutex<String>>,
+}
+
+pub struct Options {
+    pub plain: bool,
+    pub implicit: bool,
+    pub certs: bool,
+    pub extra: Vec<String>,
+    pub state: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            plain: true,
+            implicit: true,
+            certs: true,
+            extra: Vec::new(),
+            state: None,
+        }
+    }
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::with(Options::default())
+    }
+
+    pub fn with_args(extra: &[&str]) -> Server {
+        Server::with(Options {
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            ..Options::default()
+        })
+    }
+
+    pub fn with(opts: Options) -> Server {
+        let state = opts.state.clone().unwrap_or_else(|| scratch_dir("state"));
+        let mut args: Vec<String> = vec![
+            "--state-dir".into(),
+            state.display().to_string(),
+            "--hostname".into(),
+            "mx.test".into(),
+            "--domain".into(),
+            DOMAIN.into(),
+        ];
+        if opts.plain {
+            args.extend(["--listen".into(), "127.0.0.1:0".into()]);
+        }
+        if opts.implicit {
+            args.extend(["--listen-tls".into(), "127.0.0.1:0".into()]);
+        }
+        if opts.certs {
+            args.extend([
+                "--cert".into(),
+                pki_file("rsa.pem"),
+                "--key".into(),
+                pki_file("rsa-key.pem"),
+            ]);
+        }
+        args.extend(opts.extra);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gsmtpd"))
+            .args(&args)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting gsmtpd");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening on") {
+                    let _ = tx.send(line.clone());
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let line = match rx.recv_timeout(WAIT) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("gsmtpd did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        let (plain, tls) = parse_listening(&line);
+        Server {
+            child,
+            plain,
+            tls,
+            maildir: state.join("mail"),
+            state,
+            log,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.plain[0].port()
+    }
+
+    pub fn tls_port(&self) -> u16 {
+        self.tls[0].port()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle` (log lines are written
+    /// asynchronously with respect to the client's view).
+    pub fn wait_log(&self, needle: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "log never showed {needle:?}:\n{log}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!("gsmtpd did not exit within {within:?}:\n{}", self.log());
+    }
+
+    /// Every message file delivered to user@example.org.
+    pub fn mailbox(&self, user: &str) -> Vec<Vec<u8>> {
+        let dir = self.maildir.join(DOMAIN).join(user).join("new");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files.iter().map(|p| std::fs::read(p).unwrap()).collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// "... listening on 127.0.0.1:1234, 127.0.0.1:2345 (TLS)"
+fn parse_listening(line: &str) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+    let list = line.split("listening on ").nth(1).unwrap();
+    let (mut plain, mut tls) = (Vec::new(), Vec::new());
+    for item in list.split(", ") {
+        let item = item.trim();
+        match item.strip_suffix(" (TLS)") {
+            Some(a) => tls.push(a.parse().unwrap()),
+            None => plain.push(item.parse().unwrap()),
+        }
+    }
+    (plain, tls)
+}
+
+/// A plain-TCP SMTP client that reads whole replies.
+pub struct Plain {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Plain {
+    pub fn connect(addr: SocketAddr) -> Plain {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Plain { stream, reader }
+    }
+
+    pub fn send(&mut self, bytes: &str) {
+        self.stream.write_all(bytes.as_bytes()).unwrap();
+    }
+
+    /// One whole reply (all its lines), or "" at EOF.
+    pub fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return all;
+            }
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    }
+
+    pub fn expect(&mut self, code: &str) -> String {
+        let r = self.reply();
+        assert!(r.starts_with(code), "expected {code}, got {r:?}");
+        r
+    }
+
+    pub fn command(&mut self, line: &str, code: &str) -> String {
+        self.send(&format!("{line}\r\n"));
+        self.expect(code)
+    }
+
+    /// True when the server closed the connection (EOF) within WAIT.
+    pub fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 256];
+        matches!(self.reader.read(&mut buf), Ok(0))
+    }
+}
+
+/// A real TLS client process (gnutls-cli or openssl s_client) whose stdin
+/// we write and whose stdout we read line by line.
+pub struct TlsClient {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    pub transcript: Arc<Mutex<String>>,
+}
+
+impl TlsClient {
+    pub fn gnutls(args: &[&str]) -> TlsClient {
+        // No --crlf: gnutls-cli converts only the first LF of each read
+        // and drops the rest, so the tests send CRLF themselves.
+        let mut all = vec!["--x509cafile"];
+        let ca = pki_file("ca.pem");
+        all.push(&ca);
+        all.extend_from_slice(args);
+        TlsClient::spawn("gnutls-cli", &all)
+    }
+
+    pub fn spawn(program: &str, args: &[&str]) -> TlsClient {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {program}: {e}"));
+        let transcript = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            let t = Arc::clone(&transcript);
+            thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    t.lock().unwrap().push_str(&format!("{line}\n"));
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        TlsClient {
+            stdin: child.stdin.take(),
+            child,
+            lines: rx,
+            transcript,
+        }
+    }
+
+    pub fn send(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(text.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits for a line starting with `prefix`; returns it. Panics with
+    /// the transcript after WAIT.
+    pub fn wait_line(&mut self, prefix: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                    panic!(
+                        "no line starting {prefix:?}; transcript:\n{}",
+                        self.transcript()
+                    )
+                }
+            }
+        }
+    }
+
+    /// Waits for the final line of an SMTP reply with this code.
+    pub fn expect_reply(&mut self, code: &str) -> String {
+        self.wait_line(&format!("{code} "))
+    }
+
+    pub fn command(&mut self, line: &str, code: &str) -> String {
+        self.send(&format!("{line}\r\n"));
+        self.expect_reply(code)
+    }
+
+    /// The next SMTP reply line of any code, or None if none comes within
+    /// `within`.
+    pub fn next_reply(&mut self, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line)
+                    if line.len() >= 4 && line.as_bytes()[..3].iter().all(u8::is_ascii_digit) =>
+                {
+                    return Some(line);
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub fn transcript(&self) -> String {
+        self.transcript.lock().unwrap().clone()
+    }
+
+    /// Closes stdin (the clients then send close_notify and exit) and
+    /// waits for the process.
+    pub fn finish(mut self) -> String {
+        self.stdin.take();
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        thread::sleep(Duration::from_millis(50));
+        self.transcript()
+    }
+}
+
+impl Drop for TlsClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends one message through an established SMTP-over-TLS client and
+/// returns the 250 reply.
+pub fn send_message(c: &mut TlsClient, from: &str, to: &[&str], body: &str) -> String {
+    c.command("EHLO client.test", "250");
+    c.command(&format!("MAIL FROM:<{from}>"), "250");
+    for r in to {
+        c.command(&format!("RCPT TO:<{r}>"), "250");
+    }
+    c.command("DATA", "354");
+    c.send(&crlf(body));
+    c.send(".\r\n");
+    c.expect_reply("250")
+}
+
+/// LF line ends to the CRLF of the wire.
+pub fn crlf(text: &str) -> String {
+    text.replace('\n', "\r\n")
+}
+
+/// The body of a stored message file: everything after the trace headers
+/// gsmtpd prepended (Return-Path and the folded Received header).
+pub fn stored_body(file: &[u8]) -> (String, String) {
+    let text = String::from_utf8(file.to_vec()).unwrap();
+    assert!(text.starts_with("Return-Path: <"), "{text}");
+    let mut lines = text.split_inclusive('\n');
+    let mut header = String::new();
+    header.push_str(lines.next().unwrap()); // Return-Path
+    header.push_str(lines.next().unwrap()); // Received: first line
+    let mut rest: Vec<&str> = lines.collect();
+    while rest.first().is_some_and(|l| l.starts_with('\t')) {
+        header.push_str(rest.remove(0));
+    }
+    (header, rest.concat())
+}
