@@ -215,3 +215,70 @@ fn idle_client_gets_421_after_the_command_timeout() {
     assert!(c.closed());
     server.wait_log("closed: timeout");
 }
+
+#[test]
+fn pipelined_commands_are_answered_in_order_in_one_write() {
+    let server = Server::start();
+    let mut c = Plain::connect(server.plain[0]);
+    c.expect("220");
+    c.command("EHLO client.test", "250");
+    c.send(
+        "MAIL FROM:<a@client.test>\r\nRCPT TO:<gina@example.org>\r\nRCPT TO:<x@elsewhere.test>\r\n\
+         NOOP\r\nRSET\r\n",
+    );
+    let replies = c.read_once();
+    let codes: Vec<&str> = replies.lines().map(|l| &l[..9]).collect();
+    assert_eq!(codes, ["250 2.1.0", "250 2.1.5", "550 5.7.1", "250 2.0.0", "250 2.0.0"], "{replies}");
+}
+
+#[test]
+fn ipv6_listener() {
+    let server = Server::with_args(&["--listen", "[::1]:0"]);
+    let v6 = server.plain.iter().find(|a| a.is_ipv6()).expect("an IPv6 listener");
+    let mut c = Plain::connect(*v6);
+    c.expect("220 mx.test");
+    c.command("EHLO client.test", "250-mx.test Hello client.test [::1]");
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    // utime and stime are fields 14 and 15; after the ')' they are 12 and 13 (1-based from state).
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn out_of_file_descriptors_backs_off_without_spinning() {
+    let server = Server::start();
+    let pid = server.child.id();
+    let mut first = Plain::connect(server.plain[0]);
+    first.expect("220");
+    first.command("EHLO client.test", "250");
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let limit = (open_fds + 2).to_string();
+    let status = Command::new("prlimit")
+        .args([&format!("--pid={pid}"), &format!("--nofile={limit}:")])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let mut waiting: Vec<Plain> = (0..6).map(|_| Plain::connect(server.plain[0])).collect();
+    server.wait_log("pausing accepts");
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_millis(1500));
+    let used = cpu_ticks(pid) - before;
+    assert!(used < 30, "the loop spun: {used} ticks in 1.5 s");
+    // The connection that was already open keeps working.
+    first.command("NOOP", "250");
+
+    // Give descriptors back: the waiting clients are served.
+    let limit = "1024";
+    let status = Command::new("prlimit")
+        .args([&format!("--pid={pid}"), &format!("--nofile={limit}:")])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for c in &mut waiting {
+        c.expect("220");
+    }
+}

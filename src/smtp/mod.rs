@@ -7,9 +7,9 @@
 //! `output()` and `consume_output()` what was written. On `Next::StartTls`
 //! it hands over to TLS and calls `tls_established()`; on `Next::Close` it
 //! closes. On a read timeout it calls `timed_out()`, on shutdown
-//! `shutting_down()`, writes the 421 and closes. Whenever the connection ends
-//! it should call `end(sink)`, the only way a message still open in the sink
-//! after `timed_out()`/`shutting_down()`/EOF gets its `abort()`.
+//! `shutting_down()`, writes the 421 and closes. A message still open in the
+//! sink when the connection ends is the sink's to discard (gsmtpd's store
+//! removes its temporary file when the connection is dropped).
 //! It should write the output before reading more: replies are only bounded
 //! by what the client sends.
 

@@ -282,6 +282,13 @@ impl Plain {
         self.expect(code)
     }
 
+    /// Whatever one read() returns: shows how the server batched its writes.
+    pub fn read_once(&mut self) -> String {
+        let data = self.reader.fill_buf().unwrap().to_vec();
+        self.reader.consume(data.len());
+        String::from_utf8_lossy(&data).into_owned()
+    }
+
     /// True when the server closed the connection (EOF) within WAIT.
     pub fn closed(&mut self) -> bool {
         let mut buf = [0u8; 256];
