@@ -58,6 +58,21 @@ const FUNCTIONS: &[&str] = &[
     "gnutls_cipher_suite_get_name",
     "gnutls_ciphersuite_get",
     "gnutls_session_is_resumed",
+    "gnutls_session_resumption_requested",
+    // resumption: tickets, the session-ID cache, and the hook that sees
+    // outgoing NewSessionTicket messages
+    "gnutls_session_ticket_key_generate",
+    "gnutls_session_ticket_enable_server",
+    "gnutls_handshake_set_hook_function",
+    "gnutls_session_set_ptr",
+    "gnutls_session_get_ptr",
+    "gnutls_db_set_cache_expiration",
+    "gnutls_db_set_store_function",
+    "gnutls_db_set_retrieve_function",
+    "gnutls_db_set_remove_function",
+    "gnutls_db_set_ptr",
+    "gnutls_memset",
+    "gnutls_hash_fast",
     // X.509, for the self-signed default certificate
     "gnutls_x509_privkey_init",
     "gnutls_x509_privkey_deinit",
@@ -88,12 +103,16 @@ const FUNCTIONS: &[&str] = &[
 const VARIABLES: &[&str] = &["gnutls_free", "gnutls_malloc"];
 
 /// Enums passed as plain integers, so bindgen would not pull them in.
-const TYPES: &[&str] = &["gnutls_certificate_flags", "gnutls_init_flags_t"];
+const TYPES: &[&str] = &[
+    "gnutls_certificate_flags",
+    "gnutls_init_flags_t",
+    "gnutls_handshake_description_t",
+];
 
 /// Constants, by prefix: error codes, init flags, enums used above.
 const CONSTANTS: &str = "GNUTLS_(E_|\
 CRD_|CERT_|X509_FMT_|PK_|DIG_|SAN_|FSAN_|SHUT_|RND_|KEY_|KEYID_|CERTIFICATE_API_V2|VERSION_NUMBER|\
-TLS1|SSL3|DTLS|A_|SEC_PARAM_).*";
+TLS1|SSL3|DTLS|A_|SEC_PARAM_|HOOK_).*";
 const OIDS: &str = "GNUTLS_(OID_X520_COMMON_NAME|KP_TLS_WWW_SERVER)";
 
 fn main() {

@@ -30,6 +30,19 @@ pub struct Timeouts {
     pub shutdown: Duration,
 }
 
+/// TLS session resumption settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resumption {
+    /// Seconds one ticket master encrypts new tickets before a fresh one
+    /// replaces it.
+    pub ticket_rotation: u64,
+    /// Seconds an issued ticket or cached session may be resumed.
+    pub ticket_lifetime: u64,
+    pub tickets: bool,
+    /// The TLS 1.2 session-ID cache; None with `--session-cache none`.
+    pub session_cache: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
@@ -42,6 +55,7 @@ pub struct Config {
     pub domains: Vec<String>,
     pub hostname: String,
     pub tls_priority: String,
+    pub resumption: Resumption,
     pub max_message_size: u64,
     pub max_connections: usize,
     pub max_recipients: usize,
@@ -115,6 +129,29 @@ fn options() -> Options {
         "NAME",
     );
     o.optopt("", "tls-priority", "GnuTLS priority string", "STRING");
+    o.optopt(
+        "",
+        "ticket-rotation",
+        "seconds one ticket key issues tickets (default 21600)",
+        "SECONDS",
+    );
+    o.optopt(
+        "",
+        "ticket-lifetime",
+        "seconds a ticket or cached session may resume (default 7200)",
+        "SECONDS",
+    );
+    o.optflag(
+        "",
+        "no-tickets",
+        "issue no session tickets (TLS 1.2 session IDs still resume)",
+    );
+    o.optopt(
+        "",
+        "session-cache",
+        "SQLite TLS 1.2 session cache, or none (default STATE_DIR/sessions.sqlite)",
+        "FILE",
+    );
     o.optopt(
         "",
         "max-message-size",
@@ -221,6 +258,22 @@ fn build(m: &Matches) -> Result<Config, UsageError> {
             "--tls-priority: must be a non-empty GnuTLS priority string".into(),
         ));
     }
+    let session_cache = match m.opt_str("session-cache").as_deref() {
+        Some("none") => None,
+        Some("") => {
+            return Err(UsageError(
+                "--session-cache: give a file name or none".into(),
+            ));
+        }
+        Some(path) => Some(PathBuf::from(path)),
+        None => Some(state_dir.join("sessions.sqlite")),
+    };
+    let resumption = Resumption {
+        ticket_rotation: number(m, "ticket-rotation", 21_600, 1)?,
+        ticket_lifetime: number(m, "ticket-lifetime", 7_200, 1)?,
+        tickets: !m.opt_present("no-tickets"),
+        session_cache,
+    };
     Ok(Config {
         listen,
         listen_tls,
@@ -230,6 +283,7 @@ fn build(m: &Matches) -> Result<Config, UsageError> {
         domains,
         hostname,
         tls_priority,
+        resumption,
         max_message_size: number(m, "max-message-size", 52_428_800, 1)?,
         max_connections: number(m, "max-connections", 1000, 1)?,
         max_recipients: number(m, "max-recipients", 100, 1)?,
@@ -367,6 +421,37 @@ mod tests {
         assert_eq!(c.max_connections, 1000);
         assert_eq!(c.timeouts.command, Duration::from_secs(300));
         assert_eq!(c.timeouts.data, Duration::from_secs(180));
+        assert_eq!(
+            c.resumption,
+            Resumption {
+                ticket_rotation: 21_600,
+                ticket_lifetime: 7_200,
+                tickets: true,
+                session_cache: Some(PathBuf::from("./gsmtpd-state/sessions.sqlite")),
+            }
+        );
+    }
+
+    #[test]
+    fn resumption_flags() {
+        let c = run(&[
+            "--no-tickets",
+            "--session-cache",
+            "none",
+            "--ticket-rotation",
+            "2",
+            "--ticket-lifetime",
+            "5",
+        ])
+        .unwrap();
+        assert!(!c.resumption.tickets);
+        assert_eq!(c.resumption.session_cache, None);
+        assert_eq!(
+            (c.resumption.ticket_rotation, c.resumption.ticket_lifetime),
+            (2, 5)
+        );
+        assert!(error(&["--ticket-lifetime", "0"]).starts_with("--ticket-lifetime:"));
+        assert!(error(&["--session-cache", ""]).starts_with("--session-cache:"));
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod default_cert;
 mod ffi;
 mod received;
 mod server;
+mod session_cache;
 mod smtp;
 mod store;
 mod tls;
@@ -52,7 +53,7 @@ fn main() -> ExitCode {
 
 fn run(config: &config::Config) -> Result<(), String> {
     let version = tls::init().map_err(|e| e.to_string())?;
-    if parse_version(version) < MIN_RUNTIME_GNUTLS {
+    if tls::version_tuple(version) < MIN_RUNTIME_GNUTLS {
         return Err(format!(
             "GnuTLS {version} is too old: gsmtpd needs 3.6.3 or newer"
         ));
@@ -76,13 +77,4 @@ fn run(config: &config::Config) -> Result<(), String> {
         addrs.join(", ")
     );
     server.run().map_err(|e| format!("event loop: {e}"))
-}
-
-fn parse_version(v: &str) -> (u32, u32, u32) {
-    let mut it = v.split('.').map(|p| p.parse().unwrap_or(0));
-    (
-        it.next().unwrap_or(0),
-        it.next().unwrap_or(0),
-        it.next().unwrap_or(0),
-    )
 }

@@ -228,13 +228,27 @@ fn pipelined_commands_are_answered_in_order_in_one_write() {
     );
     let replies = c.read_once();
     let codes: Vec<&str> = replies.lines().map(|l| &l[..9]).collect();
-    assert_eq!(codes, ["250 2.1.0", "250 2.1.5", "550 5.7.1", "250 2.0.0", "250 2.0.0"], "{replies}");
+    assert_eq!(
+        codes,
+        [
+            "250 2.1.0",
+            "250 2.1.5",
+            "550 5.7.1",
+            "250 2.0.0",
+            "250 2.0.0"
+        ],
+        "{replies}"
+    );
 }
 
 #[test]
 fn ipv6_listener() {
     let server = Server::with_args(&["--listen", "[::1]:0"]);
-    let v6 = server.plain.iter().find(|a| a.is_ipv6()).expect("an IPv6 listener");
+    let v6 = server
+        .plain
+        .iter()
+        .find(|a| a.is_ipv6())
+        .expect("an IPv6 listener");
     let mut c = Plain::connect(*v6);
     c.expect("220 mx.test");
     c.command("EHLO client.test", "250-mx.test Hello client.test [::1]");
@@ -242,7 +256,12 @@ fn ipv6_listener() {
 
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
     // utime and stime are fields 14 and 15; after the ')' they are 12 and 13 (1-based from state).
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
@@ -254,7 +273,9 @@ fn out_of_file_descriptors_backs_off_without_spinning() {
     let mut first = Plain::connect(server.plain[0]);
     first.expect("220");
     first.command("EHLO client.test", "250");
-    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
     let limit = (open_fds + 2).to_string();
     let status = Command::new("prlimit")
         .args([&format!("--pid={pid}"), &format!("--nofile={limit}:")])

@@ -16,7 +16,9 @@ use super::Shared;
 use super::delivery::{Pending, StoreSink, tls_field};
 use super::listener::Kind;
 use super::timers::{Deadline, TimerKey};
+use super::tls_context::{NewSession, resumption_words};
 use crate::smtp::{ConnInfo, Next, Phase, Smtp, TlsInfo};
+use crate::tls::client_hello::{self, Hello, Parse};
 use crate::tls::{Handshake, ReadStatus, ServerSession, TlsError};
 
 /// Past this much unsent output, stop reading from a client that does not
@@ -56,8 +58,12 @@ impl fmt::Display for Close {
 
 enum Tls {
     Off,
-    Handshaking(Box<ServerSession>),
-    Established(Box<ServerSession>),
+    /// TLS has begun and the ClientHello is still arriving. The session is
+    /// made only once it is here, so it can be handed the ticket master
+    /// that issued the ticket the client offers.
+    AwaitingHello(Vec<u8>),
+    Handshaking(Box<NewSession>, Option<Hello>),
+    Established(Box<NewSession>),
 }
 
 pub struct Conn {
@@ -85,7 +91,7 @@ impl Conn {
         kind: Kind,
         key: TimerKey,
         shared: &mut Shared,
-    ) -> Result<Conn, TlsError> {
+    ) -> Conn {
         let info = ConnInfo {
             peer,
             starttls_available: kind == Kind::Starttls,
@@ -94,7 +100,7 @@ impl Conn {
         };
         let tls = match kind {
             Kind::Starttls => Tls::Off,
-            Kind::Implicit => Tls::Handshaking(Box::new(shared.tls.session()?)),
+            Kind::Implicit => Tls::AwaitingHello(Vec::new()),
         };
         let timeout = match kind {
             Kind::Starttls => shared.timeouts.command,
@@ -114,7 +120,7 @@ impl Conn {
             read_paused: false,
         };
         conn.set_deadline(shared, timeout);
-        Ok(conn)
+        conn
     }
 
     /// Sends the banner on a plain connection; an implicit-TLS one sends it
@@ -165,7 +171,7 @@ impl Conn {
         if self.closing.is_some() {
             return Some(Close::Timeout);
         }
-        if matches!(self.tls, Tls::Handshaking(_)) {
+        if self.handshaking() {
             return Some(Close::HandshakeTimeout);
         }
         log::info!(
@@ -182,7 +188,7 @@ impl Conn {
     /// SIGTERM: connections between transactions end now with 421; those
     /// in a transaction finish it first (see `feed_smtp`).
     pub fn on_shutdown(&mut self, shared: &mut Shared) -> Option<Close> {
-        if matches!(self.tls, Tls::Handshaking(_)) {
+        if self.handshaking() {
             return Some(Close::Shutdown);
         }
         if self.closing.is_some() || self.smtp.in_transaction() {
@@ -231,29 +237,64 @@ impl Conn {
         Ok(())
     }
 
+    fn handshaking(&self) -> bool {
+        matches!(self.tls, Tls::AwaitingHello(_) | Tls::Handshaking(..))
+    }
+
     fn ingest(&mut self, bytes: &[u8], shared: &mut Shared) -> Step {
         match &mut self.tls {
             Tls::Off => self.feed_smtp(bytes, shared),
-            Tls::Handshaking(session) => {
-                session.feed(bytes);
+            Tls::AwaitingHello(buffered) => {
+                buffered.extend_from_slice(bytes);
+                self.start_handshake(shared)
+            }
+            Tls::Handshaking(new, _) => {
+                new.session.feed(bytes);
                 self.advance_handshake(shared)
             }
-            Tls::Established(session) => {
-                session.feed(bytes);
+            Tls::Established(new) => {
+                new.session.feed(bytes);
                 self.decrypt(shared)
             }
         }
     }
 
-    fn advance_handshake(&mut self, shared: &mut Shared) -> Step {
-        let Tls::Handshaking(session) = &mut self.tls else {
+    /// Makes the session once the whole ClientHello is buffered (or it is
+    /// clear that it cannot be read, which GnuTLS then answers properly).
+    fn start_handshake(&mut self, shared: &mut Shared) -> Step {
+        let Tls::AwaitingHello(buffered) = &mut self.tls else {
             return Ok(());
         };
-        match session.handshake().map_err(Close::Tls)? {
+        let hello = match client_hello::parse(buffered) {
+            Parse::Incomplete => return Ok(()),
+            Parse::Complete(hello) => Some(hello),
+            Parse::NotClientHello => None,
+        };
+        let buffered = mem::take(buffered);
+        let mut new = shared.tls.session(hello.as_ref()).map_err(Close::Tls)?;
+        new.session.feed(&buffered);
+        self.tls = Tls::Handshaking(Box::new(new), hello);
+        self.advance_handshake(shared)
+    }
+
+    fn advance_handshake(&mut self, shared: &mut Shared) -> Step {
+        let Tls::Handshaking(new, _) = &mut self.tls else {
+            return Ok(());
+        };
+        match new.session.handshake().map_err(Close::Tls)? {
             Handshake::InProgress => return Ok(()),
             Handshake::Done => {}
         }
-        let negotiated = session.negotiated();
+        let Tls::Handshaking(new, hello) = mem::replace(&mut self.tls, Tls::Off) else {
+            return Ok(());
+        };
+        shared.tls.learn(&new);
+        let negotiated = new.session.negotiated();
+        let resumption = resumption_words(
+            shared.tls.resumption_supported(),
+            hello.as_ref(),
+            &negotiated,
+        );
         let info = TlsInfo {
             version: negotiated.version.to_string(),
             cipher: negotiated.cipher,
@@ -261,14 +302,12 @@ impl Conn {
             resumed: negotiated.resumed,
         };
         log::info!(
-            "TLS established with [{}]:{} X={}",
+            "TLS established with [{}]:{} X={} resumption={resumption}",
             self.peer.ip(),
             self.peer.port(),
             tls_field(&info)
         );
-        if let Tls::Handshaking(session) = mem::replace(&mut self.tls, Tls::Off) {
-            self.tls = Tls::Established(session);
-        }
+        self.tls = Tls::Established(new);
         self.smtp.tls_established(info);
         if self.kind == Kind::Implicit {
             self.smtp.greet();
@@ -280,12 +319,12 @@ impl Conn {
     }
 
     fn decrypt(&mut self, shared: &mut Shared) -> Step {
-        let Tls::Established(session) = &mut self.tls else {
+        let Tls::Established(new) = &mut self.tls else {
             return Ok(());
         };
         let mut plain = mem::take(&mut shared.plain);
         plain.clear();
-        let status = session.read(&mut plain);
+        let status = new.session.read(&mut plain);
         let step = match status {
             Ok(_) if !plain.is_empty() => self.feed_smtp(&plain, shared),
             _ => Ok(()),
@@ -348,7 +387,7 @@ impl Conn {
         self.pre_tls.extend_from_slice(self.smtp.output());
         let n = self.smtp.output().len();
         self.smtp.consume_output(n);
-        self.tls = Tls::Handshaking(Box::new(shared.tls.session().map_err(Close::Tls)?));
+        self.tls = Tls::AwaitingHello(Vec::new());
         let timeout = shared.timeouts.handshake;
         self.set_deadline(shared, timeout);
         self.write_out()
@@ -370,9 +409,9 @@ impl Conn {
     /// Ends the conversation once the queued output (the last reply, and
     /// close_notify under TLS) has been written.
     fn begin_close(&mut self, reason: Close, shared: &mut Shared) {
-        if let Tls::Established(session) = &mut self.tls {
-            let _ = encrypt(session, &mut self.smtp);
-            session.bye();
+        if let Tls::Established(new) = &mut self.tls {
+            let _ = encrypt(&mut new.session, &mut self.smtp);
+            new.session.bye();
         }
         self.closing = Some(reason);
         let key = self.key;
@@ -381,8 +420,8 @@ impl Conn {
     }
 
     fn flush(&mut self) -> Step {
-        if let Tls::Established(session) = &mut self.tls {
-            encrypt(session, &mut self.smtp).map_err(Close::Tls)?;
+        if let Tls::Established(new) = &mut self.tls {
+            encrypt(&mut new.session, &mut self.smtp).map_err(Close::Tls)?;
         }
         self.write_out()
     }
@@ -398,9 +437,10 @@ impl Conn {
                 let n = write_slice(&mut self.socket, self.smtp.output())?;
                 self.smtp.consume_output(n);
             }
-            Tls::Handshaking(session) | Tls::Established(session) => {
-                let n = write_slice(&mut self.socket, session.pending_output())?;
-                session.consume_output(n);
+            Tls::AwaitingHello(_) => {}
+            Tls::Handshaking(new, _) | Tls::Established(new) => {
+                let n = write_slice(&mut self.socket, new.session.pending_output())?;
+                new.session.consume_output(n);
             }
         }
         Ok(())
@@ -408,8 +448,8 @@ impl Conn {
 
     fn output_len(&self) -> usize {
         let tls = match &self.tls {
-            Tls::Off => 0,
-            Tls::Handshaking(s) | Tls::Established(s) => s.pending_output().len(),
+            Tls::Off | Tls::AwaitingHello(_) => 0,
+            Tls::Handshaking(new, _) | Tls::Established(new) => new.session.pending_output().len(),
         };
         self.pre_tls.len() + self.smtp.output().len() + tls
     }

@@ -62,6 +62,8 @@ pub struct Server {
     next_serial: u64,
     accept_paused_until: Option<Instant>,
     shutdown_deadline: Option<Instant>,
+    /// Ticket key rotation and session cache purging.
+    housekeeping_at: Instant,
 }
 
 impl Server {
@@ -123,6 +125,7 @@ impl Server {
             next_serial: 0,
             accept_paused_until: None,
             shutdown_deadline: None,
+            housekeeping_at: Instant::now(),
         })
     }
 
@@ -228,13 +231,7 @@ impl Server {
             slot,
             serial: self.next_serial,
         };
-        let mut conn = match Conn::new(socket, peer, kind, key, &mut self.shared) {
-            Ok(c) => c,
-            Err(e) => {
-                log::error!("connection from [{}]:{}: {e}", peer.ip(), peer.port());
-                return;
-            }
-        };
+        let mut conn = Conn::new(socket, peer, kind, key, &mut self.shared);
         let interest = Interest::READABLE | Interest::WRITABLE;
         if let Err(e) =
             self.poll
@@ -287,6 +284,11 @@ impl Server {
             if let Some(close) = conn.on_timeout(&mut self.shared) {
                 self.remove(key.slot, close);
             }
+        }
+        if self.housekeeping_at <= now {
+            let due = self.shared.tls.housekeeping();
+            let wait = due.saturating_sub(tls_context::unix_now()).max(1);
+            self.housekeeping_at = now + Duration::from_secs(wait);
         }
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.accept_paused_until = None;

@@ -1,16 +1,38 @@
 //! The TLS material shared by every new session: credentials built from the
-//! configured (or generated) certificates, and the compiled priorities.
+//! configured (or generated) certificates, the compiled priorities, the
+//! ticket key ring and the TLS 1.2 session cache.
 
+use std::cell::RefCell;
 use std::fs;
 use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{CertPair, Config};
 use crate::default_cert;
-use crate::tls::{Credentials, Priority, ServerSession, TlsError};
+use crate::session_cache::{CacheConfig, SessionCache};
+use crate::tls::client_hello::Hello;
+use crate::tls::ticket_keys::{MasterKey, TicketKeys};
+use crate::tls::{self, Credentials, Negotiated, Priority, ServerSession, SessionSetup, TlsError};
+
+/// GnuTLS 3.6.4 to 3.6.13 encrypted tickets with an all-zero key until the
+/// first rotation (CVE-2020-13777).
+const TICKETS_SAFE_FROM: (u32, u32, u32) = (3, 6, 14);
+/// Bound on the session cache; the oldest rows go first.
+const CACHE_MAX_ROWS: u64 = 100_000;
 
 pub struct TlsContext {
     credentials: Rc<Credentials>,
     priority: Rc<Priority>,
+    tickets: Option<TicketKeys>,
+    cache: Option<Rc<RefCell<SessionCache>>>,
+    lifetime: u32,
+}
+
+/// A session together with the ticket master it was given, so that the
+/// tickets it issues can be attributed once the handshake is done.
+pub struct NewSession {
+    pub session: ServerSession,
+    master: Option<u64>,
 }
 
 impl TlsContext {
@@ -26,15 +48,131 @@ impl TlsContext {
         for pair in &pairs {
             add_pair(&mut credentials, pair)?;
         }
+        let r = &config.resumption;
         Ok(TlsContext {
             credentials: Rc::new(credentials),
             priority: Rc::new(priority),
+            tickets: ticket_keys(r.tickets, r.ticket_rotation, r.ticket_lifetime)?,
+            cache: r.session_cache.as_ref().map(|path| {
+                let cache_config = CacheConfig {
+                    lifetime_secs: r.ticket_lifetime,
+                    max_rows: CACHE_MAX_ROWS,
+                };
+                Rc::new(RefCell::new(SessionCache::open(path, cache_config)))
+            }),
+            lifetime: u32::try_from(r.ticket_lifetime).unwrap_or(u32::MAX),
         })
     }
 
-    pub fn session(&self) -> Result<ServerSession, TlsError> {
-        ServerSession::new(Rc::clone(&self.credentials), Rc::clone(&self.priority))
+    /// A session for a client whose ClientHello is `hello` (None when it
+    /// could not be read): handed the ticket master that issued the ticket
+    /// the client offers, if we still hold it.
+    pub fn session(&mut self, hello: Option<&Hello>) -> Result<NewSession, TlsError> {
+        if let Some(ring) = self.tickets.as_mut() {
+            ring.tick(unix_now());
+        }
+        let offered = hello.and_then(|h| h.ticket_key_name.as_ref());
+        let choice = self.tickets.as_ref().map(|ring| ring.choose(offered));
+        let setup = SessionSetup {
+            credentials: &self.credentials,
+            priority: &self.priority,
+            ticket_key: choice.as_ref().map(|c| c.key),
+            no_new_tickets: choice.as_ref().is_some_and(|c| !c.current),
+            cache: self.cache.as_ref(),
+            lifetime: self.lifetime,
+        };
+        Ok(NewSession {
+            session: ServerSession::new(&setup)?,
+            master: choice.map(|c| c.id),
+        })
     }
+
+    /// After a handshake: remember which master issued the tickets sent,
+    /// so that a client presenting one later gets that master back.
+    pub fn learn(&mut self, session: &NewSession) {
+        if let (Some(ring), Some(id)) = (self.tickets.as_mut(), session.master) {
+            for name in session.session.tickets_sent() {
+                ring.learn(*name, id);
+            }
+        }
+    }
+
+    pub fn resumption_supported(&self) -> bool {
+        self.tickets.is_some() || self.cache.as_ref().is_some_and(|c| c.borrow().is_enabled())
+    }
+
+    /// Periodic upkeep: rotate and drop ticket keys, purge expired cache
+    /// rows. Returns the Unix time it next has work to do.
+    pub fn housekeeping(&mut self) -> u64 {
+        let now = unix_now();
+        let mut next = now + 60;
+        if let Some(ring) = self.tickets.as_mut() {
+            ring.tick(now);
+            next = next.min(ring.next_due());
+        }
+        if let Some(cache) = &self.cache
+            && let Ok(mut c) = cache.try_borrow_mut()
+        {
+            c.purge(now);
+        }
+        next.max(now + 1)
+    }
+}
+
+/// The ticket key ring, or None when tickets are off or unsafe with the
+/// GnuTLS linked at run time.
+fn ticket_keys(enabled: bool, rotation: u64, lifetime: u64) -> Result<Option<TicketKeys>, String> {
+    if !enabled {
+        log::info!("session tickets disabled (--no-tickets); TLS 1.2 session IDs still resume");
+        return Ok(None);
+    }
+    let version = tls::runtime_version();
+    if tls::version_tuple(version) < TICKETS_SAFE_FROM {
+        log::warn!(
+            "GnuTLS {version} has CVE-2020-13777 (tickets encrypted with a zero key): session tickets disabled, \
+             resumption through the session-ID cache only"
+        );
+        return Ok(None);
+    }
+    let ring = TicketKeys::new(
+        rotation,
+        lifetime,
+        unix_now(),
+        Box::new(MasterKey::generate),
+    )
+    .map_err(|e| format!("session tickets: {e}"))?;
+    log::info!(
+        "session tickets on: key rotation every {rotation} s, ticket lifetime {lifetime} s, at most {} key(s) held",
+        ring.max_held()
+    );
+    Ok(Some(ring))
+}
+
+/// The five bits of Exim's `$tls_in_resumption`, decoded into words.
+pub fn resumption_words(supported: bool, hello: Option<&Hello>, n: &Negotiated) -> String {
+    let requested = hello.is_some_and(|h| h.requests_ticket);
+    let offered = hello.is_some_and(|h| h.offers_ticket) || n.resumption_requested;
+    let bits = [
+        (supported, "supported"),
+        (requested, "client-requested-ticket"),
+        (offered, "client-offered-session"),
+        (n.ticket_sent, "server-issued-ticket"),
+        (n.resumed, "resumed"),
+    ];
+    let value: u32 = bits
+        .iter()
+        .enumerate()
+        .map(|(i, (on, _))| u32::from(*on) << i)
+        .sum();
+    let words: Vec<&str> = bits.iter().filter(|(on, _)| *on).map(|(_, w)| *w).collect();
+    format!(
+        "0x{value:02x}({})",
+        if words.is_empty() {
+            "none".to_string()
+        } else {
+            words.join(",")
+        }
+    )
 }
 
 fn add_pair(credentials: &mut Credentials, pair: &CertPair) -> Result<(), String> {
@@ -53,4 +191,11 @@ fn add_pair(credentials: &mut Credentials, pair: &CertPair) -> Result<(), String
             )
         })
         .map_err(|e| format!("{} with {}: {e}", pair.cert.display(), pair.key.display()))
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

@@ -2,10 +2,13 @@
 //! server sessions driven over buffers that the event loop owns. All of
 //! gsmtpd's `unsafe` outside `crate::ffi` lives in this module.
 
+pub mod client_hello;
 mod credentials;
 mod error;
 mod priority;
 mod session;
+mod session_db;
+pub mod ticket_keys;
 pub mod x509;
 
 use std::ffi::CStr;
@@ -15,7 +18,7 @@ use crate::ffi;
 pub use credentials::Credentials;
 pub use error::TlsError;
 pub use priority::Priority;
-pub use session::{Handshake, ReadStatus, ServerSession};
+pub use session::{Handshake, Negotiated, ReadStatus, ServerSession, SessionSetup};
 
 /// Initialises GnuTLS once for the process and returns the version linked
 /// at run time (which can differ from the headers we were built against).
@@ -36,6 +39,16 @@ pub fn runtime_version() -> &'static str {
     }
     // SAFETY: non-null, NUL-terminated and static (see above).
     unsafe { CStr::from_ptr(ptr) }.to_str().unwrap_or("unknown")
+}
+
+/// "3.7.9" as (3, 7, 9), for version comparisons.
+pub fn version_tuple(v: &str) -> (u32, u32, u32) {
+    let mut it = v.split('.').map(|p| p.parse().unwrap_or(0));
+    (
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+    )
 }
 
 /// Converts a static C string from GnuTLS into `&'static str`.

@@ -3,21 +3,29 @@
 //! send out, so the loop decides every read and write and GnuTLS never sees
 //! a file descriptor.
 
+use std::cell::RefCell;
 use std::os::raw::{c_int, c_uint, c_void};
 use std::ptr;
 use std::rc::Rc;
 
+use super::client_hello::KEY_NAME_LEN;
 use super::credentials::Credentials;
-use super::{Priority, TlsError, static_str};
+use super::ticket_keys::{KeyName, MasterKey};
+use super::{Priority, TlsError, session_db, static_str};
 use crate::ffi;
+use crate::session_cache::SessionCache;
 
-/// Bytes in flight between the socket and GnuTLS. Boxed so that the pointer
-/// GnuTLS holds stays valid however the session value moves.
+/// Bytes in flight between the socket and GnuTLS, and what the handshake
+/// hook observed. Boxed so that the pointer GnuTLS holds stays valid
+/// however the session value moves.
 struct Transport {
     session: ffi::gnutls_session_t,
     incoming: Vec<u8>,
     read_pos: usize,
     outgoing: Vec<u8>,
+    /// Key names of the tickets this session sent (GnuTLS never sets
+    /// GNUTLS_SFLAGS_SESSION_TICKET on a server, so we watch the wire).
+    tickets_sent: Vec<KeyName>,
 }
 
 impl Transport {
@@ -45,15 +53,36 @@ pub struct Negotiated {
     pub cipher: String,
     pub bits: u32,
     pub resumed: bool,
+    /// gnutls_session_resumption_requested: the client offered a session
+    /// (noisy on TLS 1.2, where any session ID counts).
+    pub resumption_requested: bool,
+    pub ticket_sent: bool,
+}
+
+/// Everything a new server session is set up with.
+pub struct SessionSetup<'a> {
+    pub credentials: &'a Rc<Credentials>,
+    pub priority: &'a Rc<Priority>,
+    /// Enables tickets (TLS 1.2 and 1.3) with this master.
+    pub ticket_key: Option<&'a MasterKey>,
+    /// TLS 1.3: send no new tickets (the master is retired: it may decrypt
+    /// the client's ticket but must not issue more).
+    pub no_new_tickets: bool,
+    /// The TLS 1.2 session-ID cache.
+    pub cache: Option<&'a Rc<RefCell<SessionCache>>>,
+    /// Seconds a ticket or cached session may be resumed.
+    pub lifetime: u32,
 }
 
 pub struct ServerSession {
     raw: ffi::gnutls_session_t,
     io: Box<Transport>,
-    // Sessions keep their credentials and priorities alive: a reload may
-    // replace the server's copies while this session still uses these.
+    // Sessions keep their credentials, priorities and cache alive: a
+    // reload may replace the server's copies while this session still
+    // uses these.
     _credentials: Rc<Credentials>,
     _priority: Rc<Priority>,
+    _cache: Option<Rc<RefCell<SessionCache>>>,
 }
 
 /// Bounds retries on GnuTLS's non-fatal returns so a misbehaving peer
@@ -61,12 +90,16 @@ pub struct ServerSession {
 const MAX_RETRIES: usize = 16;
 
 impl ServerSession {
-    pub fn new(
-        credentials: Rc<Credentials>,
-        priority: Rc<Priority>,
-    ) -> Result<ServerSession, TlsError> {
+    pub fn new(setup: &SessionSetup<'_>) -> Result<ServerSession, TlsError> {
         let mut raw: ffi::gnutls_session_t = ptr::null_mut();
-        let flags = ffi::GNUTLS_SERVER | ffi::GNUTLS_NONBLOCK | ffi::GNUTLS_NO_SIGNAL;
+        // No GNUTLS_ENABLE_EARLY_DATA: 0-RTT data is never accepted.
+        let mut flags = ffi::GNUTLS_SERVER | ffi::GNUTLS_NONBLOCK | ffi::GNUTLS_NO_SIGNAL;
+        if setup.ticket_key.is_none() {
+            flags |= ffi::GNUTLS_NO_TICKETS;
+        }
+        if setup.no_new_tickets {
+            flags |= ffi::GNUTLS_NO_AUTO_SEND_TICKET;
+        }
         // SAFETY: raw is a valid out-pointer.
         let rc = unsafe { ffi::gnutls_init(&mut raw, flags) };
         TlsError::check(rc, "gnutls_init")?;
@@ -77,12 +110,45 @@ impl ServerSession {
                 incoming: Vec::new(),
                 read_pos: 0,
                 outgoing: Vec::new(),
+                tickets_sent: Vec::new(),
             }),
-            _credentials: credentials,
-            _priority: priority,
+            _credentials: Rc::clone(setup.credentials),
+            _priority: Rc::clone(setup.priority),
+            _cache: setup.cache.cloned(),
         };
         session.configure()?;
+        session.configure_resumption(setup)?;
         Ok(session)
+    }
+
+    fn configure_resumption(&mut self, setup: &SessionSetup<'_>) -> Result<(), TlsError> {
+        let lifetime = i32::try_from(setup.lifetime).unwrap_or(i32::MAX);
+        // SAFETY: raw is a live session; the hook only reads the message and
+        // writes into the Transport registered as the session pointer.
+        unsafe {
+            ffi::gnutls_db_set_cache_expiration(self.raw, lifetime);
+            ffi::gnutls_handshake_set_hook_function(
+                self.raw,
+                ffi::GNUTLS_HANDSHAKE_NEW_SESSION_TICKET,
+                ffi::GNUTLS_HOOK_POST as c_int,
+                Some(ticket_hook),
+            );
+        }
+        if let Some(key) = setup.ticket_key {
+            let datum = key.datum();
+            // SAFETY: datum points at the 64-byte master, which GnuTLS copies.
+            let rc = unsafe { ffi::gnutls_session_ticket_enable_server(self.raw, &datum) };
+            TlsError::check(rc, "gnutls_session_ticket_enable_server")?;
+        }
+        if let Some(cache) = &self._cache {
+            session_db::attach(self.raw, cache);
+        }
+        Ok(())
+    }
+
+    /// Key names of the tickets sent to the client during the handshake.
+    pub fn tickets_sent(&self) -> &[KeyName] {
+        &self.io.tickets_sent
     }
 
     fn configure(&mut self) -> Result<(), TlsError> {
@@ -107,6 +173,7 @@ impl ServerSession {
             // The event loop enforces the handshake deadline.
             ffi::gnutls_handshake_set_timeout(raw, 0);
             ffi::gnutls_transport_set_ptr(raw, io as *mut c_void);
+            ffi::gnutls_session_set_ptr(raw, io as *mut c_void);
             ffi::gnutls_transport_set_push_function(raw, Some(push));
             ffi::gnutls_transport_set_pull_function(raw, Some(pull));
             ffi::gnutls_transport_set_pull_timeout_function(raw, Some(pull_timeout));
@@ -236,6 +303,8 @@ impl ServerSession {
                 cipher: self.suite_name(),
                 bits: (ffi::gnutls_cipher_get_key_size(cipher) * 8) as u32,
                 resumed: ffi::gnutls_session_is_resumed(self.raw) != 0,
+                resumption_requested: ffi::gnutls_session_resumption_requested(self.raw) != 0,
+                ticket_sent: !self.io.tickets_sent.is_empty(),
             }
         }
     }
@@ -346,4 +415,54 @@ unsafe extern "C" fn pull_timeout(ptr: ffi::gnutls_transport_ptr_t, _ms: c_uint)
     } else {
         1
     }
+}
+
+/// Sees every outgoing NewSessionTicket and records the ticket's key name
+/// (its first 16 bytes, where GnuTLS puts the name of the key that
+/// encrypted it).
+unsafe extern "C" fn ticket_hook(
+    session: ffi::gnutls_session_t,
+    htype: c_uint,
+    _when: c_uint,
+    incoming: c_uint,
+    msg: *const ffi::gnutls_datum_t,
+) -> c_int {
+    if htype != ffi::GNUTLS_HANDSHAKE_NEW_SESSION_TICKET || incoming != 0 || msg.is_null() {
+        return 0;
+    }
+    // SAFETY: GnuTLS passes the live session and a datum describing the
+    // message body for the duration of the call; the session pointer is the
+    // Transport set in configure().
+    let (io, body, tls13) = unsafe {
+        let io = ffi::gnutls_session_get_ptr(session) as *mut Transport;
+        let msg = &*msg;
+        if io.is_null() || msg.data.is_null() {
+            return 0;
+        }
+        let body = std::slice::from_raw_parts(msg.data, msg.size as usize);
+        (
+            &mut *io,
+            body,
+            ffi::gnutls_protocol_get_version(session) == ffi::GNUTLS_TLS1_3,
+        )
+    };
+    if let Some(name) = ticket_key_name(body, tls13) {
+        io.tickets_sent.push(name);
+    }
+    0
+}
+
+/// The key name inside a NewSessionTicket body: RFC 5077 3.3
+/// (lifetime_hint, ticket) or RFC 8446 4.6.1 (lifetime, age_add, nonce,
+/// ticket, extensions).
+pub(super) fn ticket_key_name(body: &[u8], tls13: bool) -> Option<KeyName> {
+    let mut at = 4; // ticket_lifetime(_hint)
+    if tls13 {
+        at += 4; // ticket_age_add
+        let nonce_len = *body.get(at)? as usize;
+        at += 1 + nonce_len;
+    }
+    let len = u16::from_be_bytes([*body.get(at)?, *body.get(at + 1)?]) as usize;
+    let ticket = body.get(at + 2..at + 2 + len)?;
+    ticket.get(..KEY_NAME_LEN)?.try_into().ok()
 }
