@@ -324,3 +324,20 @@ fn read_only_session_cache_warns_once_and_every_handshake_succeeds() {
     drop(server);
     let _ = Command::new("umount").arg(&dir).status();
 }
+
+#[test]
+fn message_over_a_resumed_session_is_logged_with_a_star() {
+    let server = Server::start();
+    let port = server.tls_port().to_string();
+    let prio = format!("--priority={TLS13}");
+    let mut c = TlsClient::gnutls(&["--resume", "--port", &port, &prio, "localhost"]);
+    c.wait_line("*** This is a resumed session");
+    c.expect_reply("220");
+    let reply = send_message(&mut c, "a@client.test", &["hal@example.org"], "Subject: again\n\nhi\n");
+    let id = reply.trim_start_matches("250 2.0.0 OK id=").trim().to_string();
+    c.command("QUIT", "221");
+    c.finish();
+    let log = server.wait_log(&format!("id={id}"));
+    let line = log.lines().find(|l| l.contains(&format!("id={id}"))).unwrap();
+    assert!(line.contains(" X=TLS1.3:") && line.contains(":256* S="), "{line}");
+}
