@@ -333,11 +333,25 @@ fn message_over_a_resumed_session_is_logged_with_a_star() {
     let mut c = TlsClient::gnutls(&["--resume", "--port", &port, &prio, "localhost"]);
     c.wait_line("*** This is a resumed session");
     c.expect_reply("220");
-    let reply = send_message(&mut c, "a@client.test", &["hal@example.org"], "Subject: again\n\nhi\n");
-    let id = reply.trim_start_matches("250 2.0.0 OK id=").trim().to_string();
+    let reply = send_message(
+        &mut c,
+        "a@client.test",
+        &["hal@example.org"],
+        "Subject: again\n\nhi\n",
+    );
+    let id = reply
+        .trim_start_matches("250 2.0.0 OK id=")
+        .trim()
+        .to_string();
     c.command("QUIT", "221");
     c.finish();
     let log = server.wait_log(&format!("id={id}"));
-    let line = log.lines().find(|l| l.contains(&format!("id={id}"))).unwrap();
-    assert!(line.contains(" X=TLS1.3:") && line.contains(":256* S="), "{line}");
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("id={id}")))
+        .unwrap();
+    assert!(
+        line.contains(" X=TLS1.3:") && line.contains(":256* S="),
+        "{line}"
+    );
 }

@@ -353,7 +353,11 @@ mod tests {
         for t in [1_200, 1_300] {
             ring.tick(t);
         }
-        assert_eq!(ring.held(), 4, "1100 + 250 > 1300: the first key is still held");
+        assert_eq!(
+            ring.held(),
+            4,
+            "1100 + 250 > 1300: the first key is still held"
+        );
         assert_eq!(first_byte(&ring.choose(Some(&name_a))), 1);
         ring.tick(1_349);
         assert_eq!(
