@@ -1,0 +1,722 @@
+//! loadgen: TLS handshake load generator for gsmtpd (or any TLS/SMTP server)
+//! on loopback. Measures handshakes per second, full or resumed, with rustls
+//! as the client, one blocking connection at a time per worker thread.
+//!
+//! Per connection: TCP connect, optionally the SMTP STARTTLS dialogue, the
+//! TLS handshake, optionally EHLO/QUIT inside TLS (`--smtp`), then
+//! close_notify and a wait for the server to close (so TLS 1.3 session
+//! tickets sent after the handshake are received and the server has finished
+//! its work on the connection before the next one starts).
+//!
+//! Only loopback targets are accepted: an IP literal in 127.0.0.0/8 or ::1,
+//! or `localhost` (taken as 127.0.0.1 without any name lookup).
+//!
+//! Run `loadgen --help` for the flags.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use getopts::Options;
+use rustls::client::{Resumption, Tls12Resumption};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, HandshakeKind, RootCertStore};
+
+/// Connect, read and write timeout of every socket.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Sessions kept per worker's in-memory cache (one server name is used).
+const SESSION_CACHE: usize = 32;
+/// A reply longer than this is a protocol error.
+const MAX_REPLY: usize = 64 * 1024;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Implicit,
+    Starttls,
+}
+
+struct Opts {
+    target: SocketAddr,
+    target_str: String,
+    mode: Mode,
+    tls13: bool,
+    resume: bool,
+    tickets: bool,
+    ca: String,
+    server_name: String,
+    concurrency: usize,
+    count: u64,
+    duration: Duration,
+    warmup: u64,
+    smtp: bool,
+    server_pid: Option<u32>,
+    json: Option<String>,
+}
+
+#[derive(Clone, Copy)]
+enum ErrKind {
+    Connect = 0,
+    Tls = 1,
+    Smtp = 2,
+    Timeout = 3,
+}
+
+const KIND_NAMES: [&str; 4] = ["connect", "tls", "smtp", "timeout"];
+
+struct Failure {
+    kind: ErrKind,
+    msg: String,
+}
+
+fn fail(kind: ErrKind, msg: impl Into<String>) -> Failure {
+    Failure {
+        kind,
+        msg: msg.into(),
+    }
+}
+
+/// Classifies an I/O error: socket timeouts are `timeout`, errors rustls
+/// wrapped (alerts, bad certificates, decode errors) are `tls`, anything else
+/// is `default` (the phase the connection was in).
+fn io_fail(e: io::Error, default: ErrKind) -> Failure {
+    let kind = match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ErrKind::Timeout,
+        _ if e.get_ref().is_some_and(|i| i.is::<rustls::Error>()) => ErrKind::Tls,
+        _ => default,
+    };
+    match kind {
+        ErrKind::Timeout => fail(kind, format!("nothing for {}s ({e})", IO_TIMEOUT.as_secs())),
+        _ => fail(kind, e.to_string()),
+    }
+}
+
+fn tls_fail(e: rustls::Error) -> Failure {
+    fail(ErrKind::Tls, e.to_string())
+}
+
+/// (flag, value hint or "" for a plain flag, help).
+const FLAGS: [(&str, &str, &str); 14] = [
+    ("connect", "HOST:PORT", "target, loopback only"),
+    ("mode", "MODE", "implicit (default) or starttls"),
+    ("tls", "VER", "TLS version: 1.2 or 1.3 (default)"),
+    ("resume", "", "resume sessions (cache shared per thread)"),
+    (
+        "no-tickets-client",
+        "",
+        "with --resume: TLS 1.2 by session ID only",
+    ),
+    ("ca", "FILE", "PEM CA certificate(s) to verify the server"),
+    ("server-name", "NAME", "name to verify (default localhost)"),
+    ("concurrency", "N", "worker threads (default 2)"),
+    ("count", "N", "measured connections (default 2000)"),
+    ("duration", "SECONDS", "time limit of the run (default 10)"),
+    ("warmup", "N", "connections not counted (default 20)"),
+    ("smtp", "", "EHLO and QUIT inside TLS after the handshake"),
+    (
+        "server-pid",
+        "PID",
+        "report this process's CPU per connection",
+    ),
+    ("json", "FILE", "also write the results as JSON here"),
+];
+
+fn options() -> Options {
+    let mut o = Options::new();
+    for (name, hint, help) in FLAGS {
+        if hint.is_empty() {
+            o.optflag("", name, help);
+        } else {
+            o.optopt("", name, help, hint);
+        }
+    }
+    o.optflag("h", "help", "print this help");
+    o
+}
+
+fn num<T: std::str::FromStr>(m: &getopts::Matches, flag: &str, default: T) -> Result<T, String> {
+    match m.opt_str(flag) {
+        None => Ok(default),
+        Some(s) => s.parse().map_err(|_| format!("--{flag}: bad value {s:?}")),
+    }
+}
+
+/// Accepts `IP:PORT` with a loopback IP, `[::1]:PORT`, or `localhost:PORT`.
+/// Never resolves names, so no lookup can leave the machine.
+fn loopback_target(s: &str) -> Result<SocketAddr, String> {
+    let addr = match s.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => match s.rsplit_once(':') {
+            Some((h, p)) if h.eq_ignore_ascii_case("localhost") => {
+                let port = p
+                    .parse()
+                    .map_err(|_| format!("--connect: bad port in {s:?}"))?;
+                SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+            }
+            _ => {
+                return Err(format!(
+                    "--connect: {s:?} is not a loopback IP:PORT or localhost:PORT"
+                ));
+            }
+        },
+    };
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "--connect: refusing {addr}: not a loopback address"
+        ));
+    }
+    if addr.port() == 0 {
+        return Err("--connect: port 0".into());
+    }
+    Ok(addr)
+}
+
+fn parse_args(args: &[String]) -> Result<Option<Opts>, String> {
+    let m = options().parse(args).map_err(|e| e.to_string())?;
+    if m.opt_present("help") {
+        return Ok(None);
+    }
+    if !m.free.is_empty() {
+        return Err(format!("unexpected argument {:?}", m.free[0]));
+    }
+    let target_str = m.opt_str("connect").ok_or("--connect is required")?;
+    let target = loopback_target(&target_str)?;
+    let mode = match m.opt_str("mode").as_deref() {
+        None | Some("implicit") => Mode::Implicit,
+        Some("starttls") => Mode::Starttls,
+        Some(x) => return Err(format!("--mode: {x:?} is not implicit or starttls")),
+    };
+    let tls13 = match m.opt_str("tls").as_deref() {
+        None | Some("1.3") => true,
+        Some("1.2") => false,
+        Some(x) => return Err(format!("--tls: {x:?} is not 1.2 or 1.3")),
+    };
+    let ca = m.opt_str("ca").ok_or("--ca is required")?;
+    let concurrency: usize = num(&m, "concurrency", 2)?;
+    if !(1..=1024).contains(&concurrency) {
+        return Err("--concurrency: must be 1..1024".into());
+    }
+    let count: u64 = num(&m, "count", 2000)?;
+    let secs: f64 = num(&m, "duration", 10.0)?;
+    if count == 0 || !(secs > 0.0 && secs <= 86400.0) {
+        return Err("--count and --duration must be positive (duration ≤ 86400)".into());
+    }
+    let server_pid = match m.opt_str("server-pid") {
+        None => None,
+        Some(s) => Some(
+            s.parse()
+                .map_err(|_| format!("--server-pid: bad value {s:?}"))?,
+        ),
+    };
+    Ok(Some(Opts {
+        target,
+        target_str,
+        mode,
+        tls13,
+        resume: m.opt_present("resume"),
+        tickets: !m.opt_present("no-tickets-client"),
+        ca,
+        server_name: m
+            .opt_str("server-name")
+            .unwrap_or_else(|| "localhost".into()),
+        concurrency,
+        count,
+        duration: Duration::from_secs_f64(secs),
+        warmup: num(&m, "warmup", 20)?,
+        smtp: m.opt_present("smtp"),
+        server_pid,
+        json: m.opt_str("json"),
+    }))
+}
+
+fn load_roots(path: &str) -> Result<Arc<RootCertStore>, String> {
+    let mut roots = RootCertStore::empty();
+    let iter = CertificateDer::pem_file_iter(path).map_err(|e| format!("--ca {path}: {e}"))?;
+    for cert in iter {
+        let cert = cert.map_err(|e| format!("--ca {path}: {e}"))?;
+        roots.add(cert).map_err(|e| format!("--ca {path}: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("--ca {path}: no certificate found"));
+    }
+    Ok(Arc::new(roots))
+}
+
+/// One config per worker thread: its resumption cache is that thread's.
+fn client_config(o: &Opts, roots: &Arc<RootCertStore>) -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = if o.tls13 {
+        &[&rustls::version::TLS13]
+    } else {
+        &[&rustls::version::TLS12]
+    };
+    let mut cfg = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(Arc::clone(roots))
+        .with_no_client_auth();
+    cfg.resumption = if o.resume {
+        let tls12 = if o.tickets {
+            Tls12Resumption::SessionIdOrTickets
+        } else {
+            Tls12Resumption::SessionIdOnly
+        };
+        Resumption::in_memory_sessions(SESSION_CACHE).tls12_resumption(tls12)
+    } else {
+        Resumption::disabled()
+    };
+    Ok(Arc::new(cfg))
+}
+
+/// Reads one (possibly multi-line) SMTP reply and returns its code; bytes
+/// after it stay in `buf`.
+fn read_reply<R: Read>(r: &mut R, buf: &mut Vec<u8>) -> Result<u16, Failure> {
+    let mut chunk = [0u8; 2048];
+    loop {
+        let mut start = 0;
+        while let Some(pos) = buf[start..].windows(2).position(|w| w == b"\r\n") {
+            let line = &buf[start..start + pos];
+            start += pos + 2;
+            let code = line
+                .get(..3)
+                .filter(|c| c.iter().all(u8::is_ascii_digit))
+                .map(|c| c.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0')));
+            let Some(code) = code else {
+                return Err(fail(ErrKind::Smtp, "malformed reply line"));
+            };
+            match line.get(3) {
+                None | Some(b' ') => {
+                    buf.drain(..start);
+                    return Ok(code);
+                }
+                Some(b'-') => {}
+                Some(_) => return Err(fail(ErrKind::Smtp, "malformed reply line")),
+            }
+        }
+        if buf.len() > MAX_REPLY {
+            return Err(fail(ErrKind::Smtp, "reply too long"));
+        }
+        let n = r.read(&mut chunk).map_err(|e| io_fail(e, ErrKind::Smtp))?;
+        if n == 0 {
+            return Err(fail(ErrKind::Smtp, "connection closed before a reply"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn expect<R: Read>(r: &mut R, buf: &mut Vec<u8>, want: u16, after: &str) -> Result<(), Failure> {
+    match read_reply(r, buf)? {
+        code if code == want => Ok(()),
+        code => Err(fail(
+            ErrKind::Smtp,
+            format!("{after}: got {code}, want {want}"),
+        )),
+    }
+}
+
+fn send<W: Write>(w: &mut W, line: &[u8]) -> Result<(), Failure> {
+    w.write_all(line).map_err(|e| io_fail(e, ErrKind::Smtp))
+}
+
+/// Sends close_notify, then reads until the server closes (close_notify or
+/// EOF), processing what arrives meanwhile, such as TLS 1.3 tickets.
+fn close(tls: &mut ClientConnection, sock: &mut TcpStream) -> Result<(), Failure> {
+    tls.send_close_notify();
+    while tls.wants_write() {
+        tls.write_tls(sock).map_err(|e| io_fail(e, ErrKind::Tls))?;
+    }
+    let mut sink = [0u8; 4096];
+    loop {
+        match tls.read_tls(sock) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            // A server may reset rather than close once it has our alert.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
+            Err(e) => return Err(io_fail(e, ErrKind::Tls)),
+        }
+        let state = tls.process_new_packets().map_err(tls_fail)?;
+        let mut left = state.plaintext_bytes_to_read();
+        while left > 0 {
+            let n = tls
+                .reader()
+                .read(&mut sink)
+                .map_err(|e| io_fail(e, ErrKind::Tls))?;
+            left = left.saturating_sub(n.max(1));
+        }
+        if state.peer_has_closed() {
+            return Ok(());
+        }
+    }
+}
+
+/// One connection; returns its latency (connect → handshake done, or →
+/// 221 to QUIT with `--smtp`) and whether the session was resumed.
+fn one_conn(
+    o: &Opts,
+    cfg: &Arc<ClientConfig>,
+    name: &ServerName<'static>,
+    buf: &mut Vec<u8>,
+) -> Result<(Duration, bool), Failure> {
+    let t0 = Instant::now();
+    let mut sock = TcpStream::connect_timeout(&o.target, IO_TIMEOUT)
+        .map_err(|e| io_fail(e, ErrKind::Connect))?;
+    let setup = sock
+        .set_nodelay(true)
+        .and_then(|_| sock.set_read_timeout(Some(IO_TIMEOUT)))
+        .and_then(|_| sock.set_write_timeout(Some(IO_TIMEOUT)));
+    setup.map_err(|e| io_fail(e, ErrKind::Connect))?;
+    buf.clear();
+    if o.mode == Mode::Starttls {
+        expect(&mut sock, buf, 220, "banner")?;
+        send(&mut sock, b"EHLO loadgen.test\r\n")?;
+        expect(&mut sock, buf, 250, "EHLO")?;
+        send(&mut sock, b"STARTTLS\r\n")?;
+        expect(&mut sock, buf, 220, "STARTTLS")?;
+        if !buf.is_empty() {
+            return Err(fail(ErrKind::Smtp, "data after the 220 to STARTTLS"));
+        }
+    }
+    let mut tls = ClientConnection::new(Arc::clone(cfg), name.clone()).map_err(tls_fail)?;
+    while tls.is_handshaking() {
+        tls.complete_io(&mut sock)
+            .map_err(|e| io_fail(e, ErrKind::Tls))?;
+    }
+    while tls.wants_write() {
+        tls.write_tls(&mut sock)
+            .map_err(|e| io_fail(e, ErrKind::Tls))?;
+    }
+    let resumed = tls.handshake_kind() == Some(HandshakeKind::Resumed);
+    let mut latency = t0.elapsed();
+    if o.smtp {
+        let mut s = rustls::Stream::new(&mut tls, &mut sock);
+        if o.mode == Mode::Implicit {
+            expect(&mut s, buf, 220, "banner")?;
+        }
+        send(&mut s, b"EHLO loadgen.test\r\n")?;
+        expect(&mut s, buf, 250, "EHLO")?;
+        send(&mut s, b"QUIT\r\n")?;
+        expect(&mut s, buf, 221, "QUIT")?;
+        latency = t0.elapsed();
+    }
+    close(&mut tls, &mut sock)?;
+    Ok((latency, resumed))
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    ok: u64,
+    resumed: u64,
+    errors: [u64; 4],
+    first_error: [Option<String>; 4],
+}
+
+impl Tally {
+    fn record(&mut self, r: Result<(Duration, bool), Failure>) {
+        match r {
+            Ok((lat, resumed)) => {
+                self.ok += 1;
+                self.resumed += u64::from(resumed);
+                self.latencies_us
+                    .push(u32::try_from(lat.as_micros()).unwrap_or(u32::MAX));
+            }
+            Err(f) => {
+                let k = f.kind as usize;
+                self.errors[k] += 1;
+                self.first_error[k].get_or_insert(f.msg);
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.latencies_us.extend(other.latencies_us);
+        self.ok += other.ok;
+        self.resumed += other.resumed;
+        for (k, first) in other.first_error.into_iter().enumerate() {
+            self.errors[k] += other.errors[k];
+            if self.first_error[k].is_none() {
+                self.first_error[k] = first;
+            }
+        }
+    }
+
+    fn error_total(&self) -> u64 {
+        self.errors.iter().sum()
+    }
+}
+
+struct Shared {
+    /// Workers and the main thread meet twice: warmup done, clock started.
+    barrier: Barrier,
+    start: OnceLock<Instant>,
+    issued: AtomicU64,
+}
+
+fn worker(o: &Opts, cfg: Arc<ClientConfig>, warmup: u64, sh: &Shared) -> (Tally, Tally, Instant) {
+    let name = ServerName::try_from(o.server_name.clone()).expect("checked in main");
+    let mut buf = Vec::with_capacity(4096);
+    let mut warm = Tally::default();
+    for _ in 0..warmup {
+        warm.record(one_conn(o, &cfg, &name, &mut buf));
+    }
+    sh.barrier.wait();
+    sh.barrier.wait();
+    let deadline = *sh.start.get().expect("set between the barriers") + o.duration;
+    let mut tally = Tally::default();
+    while Instant::now() < deadline && sh.issued.fetch_add(1, Ordering::Relaxed) < o.count {
+        tally.record(one_conn(o, &cfg, &name, &mut buf));
+    }
+    (warm, tally, Instant::now())
+}
+
+/// utime + stime of a process, in clock ticks, from /proc/PID/stat.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after it start at
+    // field 3, so utime (field 14) and stime (field 15) are at 11 and 12.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// sysconf(_SC_CLK_TCK) through getconf(1), which avoids unsafe FFI; Linux
+/// reports 100 on every architecture, which is also the fallback.
+fn clock_ticks_per_sec() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100)
+}
+
+/// Nearest-rank percentile of sorted latencies, in milliseconds.
+fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted_us.len() as f64).ceil() as usize;
+    f64::from(sorted_us[rank.clamp(1, sorted_us.len()) - 1]) / 1000.0
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+struct Report {
+    conns: u64,
+    secs: f64,
+    rate: f64,
+    resumed_pct: f64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    cpu_us_per_conn: Option<f64>,
+}
+
+impl Opts {
+    fn mode_name(&self) -> &'static str {
+        if self.mode == Mode::Implicit {
+            "implicit"
+        } else {
+            "starttls"
+        }
+    }
+
+    fn tls_name(&self) -> &'static str {
+        if self.tls13 { "1.3" } else { "1.2" }
+    }
+}
+
+fn text_line(o: &Opts, t: &Tally, r: &Report) -> String {
+    let mut line = format!(
+        "target={} mode={} tls={} resume={} conns={} secs={:.2} conn/s={:.1} resumed={:.1}% \
+         p50={:.2}ms p90={:.2}ms p99={:.2}ms errors={}",
+        o.target_str,
+        o.mode_name(),
+        o.tls_name(),
+        if o.resume { "yes" } else { "no" },
+        r.conns,
+        r.secs,
+        r.rate,
+        r.resumed_pct,
+        r.p50,
+        r.p90,
+        r.p99,
+        t.error_total(),
+    );
+    for (k, n) in t.errors.iter().enumerate().filter(|(_, n)| **n > 0) {
+        let _ = write!(line, " errors.{}={n}", KIND_NAMES[k]);
+    }
+    let cpu = r
+        .cpu_us_per_conn
+        .map_or("-".into(), |us| format!("{us:.0}"));
+    line + " server_cpu_us/conn=" + &cpu
+}
+
+fn json_doc(o: &Opts, t: &Tally, r: &Report) -> String {
+    let by_kind: Vec<String> = KIND_NAMES
+        .iter()
+        .zip(t.errors)
+        .map(|(k, n)| format!("\"{k}\": {n}"))
+        .collect();
+    let fields = [
+        ("target", json_str(&o.target_str)),
+        ("mode", json_str(o.mode_name())),
+        ("tls", json_str(o.tls_name())),
+        ("resume", o.resume.to_string()),
+        ("tls12_tickets", o.tickets.to_string()),
+        ("smtp", o.smtp.to_string()),
+        ("concurrency", o.concurrency.to_string()),
+        ("warmup", o.warmup.to_string()),
+        ("conns", r.conns.to_string()),
+        ("ok", t.ok.to_string()),
+        ("secs", format!("{:.3}", r.secs)),
+        ("conn_per_s", format!("{:.1}", r.rate)),
+        ("resumed_pct", format!("{:.1}", r.resumed_pct)),
+        ("p50_ms", format!("{:.3}", r.p50)),
+        ("p90_ms", format!("{:.3}", r.p90)),
+        ("p99_ms", format!("{:.3}", r.p99)),
+        ("errors", t.error_total().to_string()),
+        ("errors_by_kind", format!("{{{}}}", by_kind.join(", "))),
+        (
+            "server_cpu_us_per_conn",
+            r.cpu_us_per_conn
+                .map_or("null".into(), |us| format!("{us:.1}")),
+        ),
+    ];
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("  \"{k}\": {v}"))
+        .collect();
+    format!("{{\n{}\n}}\n", body.join(",\n"))
+}
+
+fn run(o: &Opts) -> Result<(), String> {
+    let roots = load_roots(&o.ca)?;
+    ServerName::try_from(o.server_name.clone())
+        .map_err(|e| format!("--server-name {:?}: {e}", o.server_name))?;
+    if let Some(pid) = o.server_pid {
+        cpu_ticks(pid).ok_or(format!("--server-pid {pid}: cannot read /proc/{pid}/stat"))?;
+    }
+    let tck = clock_ticks_per_sec();
+    // Configs are built before any connection, one per thread.
+    let configs = (0..o.concurrency)
+        .map(|_| client_config(o, &roots))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sh = Shared {
+        barrier: Barrier::new(o.concurrency + 1),
+        start: OnceLock::new(),
+        issued: AtomicU64::new(0),
+    };
+    let n = o.concurrency as u64;
+    let (warm, tally, secs, cpu) = thread::scope(|s| {
+        let handles: Vec<_> = configs
+            .into_iter()
+            .enumerate()
+            .map(|(i, cfg)| {
+                let share = o.warmup / n + u64::from((i as u64) < o.warmup % n);
+                let sh = &sh;
+                s.spawn(move || worker(o, cfg, share, sh))
+            })
+            .collect();
+        sh.barrier.wait();
+        let cpu0 = o.server_pid.and_then(cpu_ticks);
+        let start = *sh.start.get_or_init(Instant::now);
+        sh.barrier.wait();
+        let mut warm = Tally::default();
+        let mut tally = Tally::default();
+        let mut end = start;
+        for h in handles {
+            let (w, t, e) = h.join().expect("worker panicked");
+            warm.merge(w);
+            tally.merge(t);
+            end = end.max(e);
+        }
+        let cpu1 = o.server_pid.and_then(cpu_ticks);
+        let cpu = cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a));
+        (warm, tally, (end - start).as_secs_f64(), cpu)
+    });
+    for (phase, t) in [("warmup", &warm), ("run", &tally)] {
+        for (k, first) in t.first_error.iter().enumerate() {
+            if let Some(msg) = first {
+                eprintln!(
+                    "loadgen: {phase}: {} {} errors, first: {msg}",
+                    t.errors[k], KIND_NAMES[k]
+                );
+            }
+        }
+    }
+    let mut lat = tally.latencies_us.clone();
+    lat.sort_unstable();
+    let conns = tally.ok + tally.error_total();
+    let report = Report {
+        conns,
+        secs,
+        rate: tally.ok as f64 / secs.max(1e-9),
+        resumed_pct: 100.0 * tally.resumed as f64 / tally.ok.max(1) as f64,
+        p50: percentile_ms(&lat, 50.0),
+        p90: percentile_ms(&lat, 90.0),
+        p99: percentile_ms(&lat, 99.0),
+        cpu_us_per_conn: cpu
+            .filter(|_| conns > 0)
+            .map(|ticks| ticks as f64 * 1e6 / tck as f64 / conns as f64),
+    };
+    println!("{}", text_line(o, &tally, &report));
+    if let Some(path) = &o.json {
+        fs::write(path, json_doc(o, &tally, &report)).map_err(|e| format!("--json {path}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` passes `--bench` to harness = false targets; ignore it.
+    let args: Vec<String> = args.into_iter().filter(|a| a != "--bench").collect();
+    if args.is_empty() {
+        // `cargo test --all-targets` and a bare `cargo bench` run this
+        // target without arguments: there is nothing to measure then.
+        eprintln!("loadgen: no --connect given, nothing to do (see --help)");
+        return ExitCode::SUCCESS;
+    }
+    match parse_args(&args) {
+        Ok(None) => {
+            print!(
+                "{}",
+                options().usage("Usage: loadgen --connect HOST:PORT --ca FILE [options]")
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Some(o)) => match run(&o) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("loadgen: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
