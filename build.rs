@@ -73,7 +73,19 @@ const FUNCTIONS: &[&str] = &[
     "gnutls_db_set_ptr",
     "gnutls_memset",
     "gnutls_hash_fast",
-    // X.509, for the self-signed default certificate
+    // OCSP stapling and telling which certificate a session was served
+    "gnutls_certificate_set_ocsp_status_request_file2",
+    "gnutls_certificate_set_ocsp_status_request_mem",
+    "gnutls_certificate_get_ours",
+    "gnutls_server_name_get",
+    "gnutls_ocsp_resp_init",
+    "gnutls_ocsp_resp_deinit",
+    "gnutls_ocsp_resp_import",
+    "gnutls_ocsp_resp_get_status",
+    "gnutls_ocsp_resp_get_produced",
+    "gnutls_ocsp_resp_get_single",
+    // X.509, for the self-signed default certificate and certificate names
+    "gnutls_x509_crt_get_dn_by_oid",
     "gnutls_x509_privkey_init",
     "gnutls_x509_privkey_deinit",
     "gnutls_x509_privkey_generate",
@@ -107,12 +119,14 @@ const TYPES: &[&str] = &[
     "gnutls_certificate_flags",
     "gnutls_init_flags_t",
     "gnutls_handshake_description_t",
+    "gnutls_ocsp_resp_status_t",
+    "gnutls_server_name_type_t",
 ];
 
 /// Constants, by prefix: error codes, init flags, enums used above.
 const CONSTANTS: &str = "GNUTLS_(E_|\
 CRD_|CERT_|X509_FMT_|PK_|DIG_|SAN_|FSAN_|SHUT_|RND_|KEY_|KEYID_|CERTIFICATE_API_V2|VERSION_NUMBER|\
-TLS1|SSL3|DTLS|A_|SEC_PARAM_|HOOK_).*";
+TLS1|SSL3|DTLS|A_|SEC_PARAM_|HOOK_|OCSP_|NAME_DNS).*";
 const OIDS: &str = "GNUTLS_(OID_X520_COMMON_NAME|KP_TLS_WWW_SERVER)";
 
 fn main() {

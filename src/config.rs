@@ -15,6 +15,8 @@ pub const DEFAULT_PRIORITY: &str = "NORMAL:-VERS-TLS1.0:-VERS-TLS1.1";
 pub struct CertPair {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// DER OCSP response to staple with this certificate.
+    pub ocsp: Option<PathBuf>,
 }
 
 /// RFC 5321 4.5.3.2 timeouts, plus the ones TLS and shutdown need.
@@ -102,6 +104,12 @@ fn options() -> Options {
         "",
         "key",
         "PEM private key for the --cert at the same position",
+        "FILE",
+    );
+    o.optmulti(
+        "",
+        "ocsp",
+        "DER OCSP response to staple for the --cert at the same position (none: skip)",
         "FILE",
     );
     o.optopt(
@@ -312,6 +320,14 @@ fn addresses(m: &Matches, flag: &str) -> Result<Vec<SocketAddr>, UsageError> {
 fn cert_pairs(m: &Matches) -> Result<Vec<CertPair>, UsageError> {
     let certs = m.opt_strs("cert");
     let keys = m.opt_strs("key");
+    let mut ocsp = m.opt_strs("ocsp").into_iter();
+    if ocsp.len() > certs.len() {
+        return Err(UsageError(format!(
+            "--ocsp: each --ocsp pairs with the --cert in the same position ({} --ocsp, {} --cert)",
+            ocsp.len(),
+            certs.len()
+        )));
+    }
     if certs.len() != keys.len() {
         let flag = if certs.len() > keys.len() {
             "--cert"
@@ -330,6 +346,11 @@ fn cert_pairs(m: &Matches) -> Result<Vec<CertPair>, UsageError> {
         .map(|(c, k)| CertPair {
             cert: c.into(),
             key: k.into(),
+            // "none" (or empty) keeps a later --ocsp paired with a later --cert.
+            ocsp: ocsp
+                .next()
+                .filter(|o| !o.is_empty() && o != "none")
+                .map(PathBuf::from),
         })
         .collect())
 }
@@ -487,11 +508,24 @@ mod tests {
             c.certs[1],
             CertPair {
                 cert: "b.pem".into(),
-                key: "b.key".into()
+                key: "b.key".into(),
+                ocsp: None,
             }
         );
         assert_eq!(c.domains, vec!["example.org", "example.net"]);
         assert_eq!(c.maildir, PathBuf::from("/var/lib/g/mail"));
+    }
+
+    #[test]
+    fn ocsp_pairs_with_cert_by_position() {
+        let c = run(&[
+            "--cert", "a.pem", "--key", "a.key", "--cert", "b.pem", "--key", "b.key", "--ocsp",
+            "none", "--ocsp", "b.der",
+        ])
+        .unwrap();
+        assert_eq!(c.certs[0].ocsp, None);
+        assert_eq!(c.certs[1].ocsp, Some(PathBuf::from("b.der")));
+        assert!(error(&["--ocsp", "x.der"]).starts_with("--ocsp:"));
     }
 
     #[test]

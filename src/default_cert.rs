@@ -25,6 +25,7 @@ pub fn ensure(state_dir: &Path, hostname: &str) -> Result<CertPair, String> {
     let pair = CertPair {
         cert: state_dir.join(CERT_FILE),
         key: state_dir.join(KEY_FILE),
+        ocsp: None,
     };
     let now = unix_now();
     if reusable(&pair, hostname, now) {

@@ -9,3 +9,5 @@
 #if GNUTLS_VERSION_NUMBER < 0x030603
 #error "gsmtpd needs GnuTLS 3.6.3 or newer (Debian: apt-get install libgnutls28-dev)"
 #endif
+
+#include <gnutls/ocsp.h>

@@ -302,10 +302,11 @@ impl Conn {
             resumed: negotiated.resumed,
         };
         log::info!(
-            "TLS established with [{}]:{} X={} resumption={resumption}",
+            "TLS established with [{}]:{} X={} cert={} resumption={resumption}",
             self.peer.ip(),
             self.peer.port(),
-            tls_field(&info)
+            tls_field(&info),
+            shared.tls.served(&new.session)
         );
         self.tls = Tls::Established(new);
         self.smtp.tls_established(info);

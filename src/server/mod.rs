@@ -2,6 +2,7 @@
 //! token-indexed connection table, deadlines in a heap, signals through
 //! signal-hook's mio source.
 
+mod certs;
 mod conn;
 mod delivery;
 mod listener;
@@ -16,10 +17,11 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::config::{Config, Timeouts};
+use crate::default_cert;
 use crate::smtp::SmtpConfig;
 use crate::store::{self, Store};
 use conn::{Close, Conn};
@@ -70,6 +72,12 @@ impl Server {
     /// Binds every listener and loads everything a connection needs, so
     /// that a configuration error stops the start, not the first client.
     pub fn bind(config: &Config) -> Result<Server, String> {
+        default_cert::create_private_dir(&config.state_dir).map_err(|e| {
+            format!(
+                "creating state directory {}: {e}",
+                config.state_dir.display()
+            )
+        })?;
         let tls = TlsContext::load(config)?;
         let store = Store::open(&config.maildir, &config.hostname)
             .map_err(|e| format!("mail store {}: {e}", config.maildir.display()))?;
@@ -95,7 +103,7 @@ impl Server {
             listeners.push(l);
         }
         let mut signals =
-            Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signal handlers: {e}"))?;
+            Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signal handlers: {e}"))?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(|e| format!("registering signals: {e}"))?;
@@ -319,12 +327,18 @@ impl Server {
 
     fn on_signal(&mut self) {
         let received: Vec<i32> = self.signals.pending().collect();
-        if received.is_empty() || self.shared.shutting_down {
+        if received.contains(&SIGHUP) {
+            log::info!("SIGHUP received: reloading certificates, keys and OCSP responses");
+            self.shared.tls.reload();
+        }
+        let Some(stop) = received.iter().find(|&&s| s != SIGHUP) else {
+            return;
+        };
+        if self.shared.shutting_down {
             return;
         }
         log::info!(
-            "signal {} received: no new connections; waiting up to {} s for {} connection(s)",
-            received[0],
+            "signal {stop} received: no new connections; waiting up to {} s for {} connection(s)",
             self.shared.timeouts.shutdown.as_secs(),
             self.conns.len()
         );

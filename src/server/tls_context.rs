@@ -3,16 +3,16 @@
 //! ticket key ring and the TLS 1.2 session cache.
 
 use std::cell::RefCell;
-use std::fs;
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::{CertPair, Config};
+use super::certs::Certs;
+use crate::config::Config;
 use crate::default_cert;
 use crate::session_cache::{CacheConfig, SessionCache};
 use crate::tls::client_hello::Hello;
 use crate::tls::ticket_keys::{MasterKey, TicketKeys};
-use crate::tls::{self, Credentials, Negotiated, Priority, ServerSession, SessionSetup, TlsError};
+use crate::tls::{self, Negotiated, Priority, ServerSession, SessionSetup, TlsError};
 
 /// GnuTLS 3.6.4 to 3.6.13 encrypted tickets with an all-zero key until the
 /// first rotation (CVE-2020-13777).
@@ -21,7 +21,7 @@ const TICKETS_SAFE_FROM: (u32, u32, u32) = (3, 6, 14);
 const CACHE_MAX_ROWS: u64 = 100_000;
 
 pub struct TlsContext {
-    credentials: Rc<Credentials>,
+    certs: Certs,
     priority: Rc<Priority>,
     tickets: Option<TicketKeys>,
     cache: Option<Rc<RefCell<SessionCache>>>,
@@ -44,13 +44,9 @@ impl TlsContext {
         } else {
             config.certs.clone()
         };
-        let mut credentials = Credentials::new().map_err(|e| e.to_string())?;
-        for pair in &pairs {
-            add_pair(&mut credentials, pair)?;
-        }
         let r = &config.resumption;
         Ok(TlsContext {
-            credentials: Rc::new(credentials),
+            certs: Certs::load(pairs, unix_now() as i64)?,
             priority: Rc::new(priority),
             tickets: ticket_keys(r.tickets, r.ticket_rotation, r.ticket_lifetime)?,
             cache: r.session_cache.as_ref().map(|path| {
@@ -74,7 +70,7 @@ impl TlsContext {
         let offered = hello.and_then(|h| h.ticket_key_name.as_ref());
         let choice = self.tickets.as_ref().map(|ring| ring.choose(offered));
         let setup = SessionSetup {
-            credentials: &self.credentials,
+            credentials: self.certs.current(unix_now() as i64),
             priority: &self.priority,
             ticket_key: choice.as_ref().map(|c| c.key),
             no_new_tickets: choice.as_ref().is_some_and(|c| !c.current),
@@ -94,6 +90,24 @@ impl TlsContext {
             for name in session.session.tickets_sent() {
                 ring.learn(*name, id);
             }
+        }
+    }
+
+    /// SIGHUP: re-read every certificate, key and OCSP file.
+    pub fn reload(&mut self) {
+        self.certs.reload(unix_now() as i64);
+    }
+
+    /// The certificate a session was served, and the name the client asked
+    /// for, as the log shows them.
+    pub fn served(&self, session: &ServerSession) -> String {
+        let cert = session
+            .served_certificate()
+            .and_then(|der| self.certs.name_of(der))
+            .unwrap_or("?");
+        match session.server_name() {
+            Some(sni) => format!("{cert} SNI={sni}"),
+            None => cert.to_string(),
         }
     }
 
@@ -173,24 +187,6 @@ pub fn resumption_words(supported: bool, hello: Option<&Hello>, n: &Negotiated) 
             words.join(",")
         }
     )
-}
-
-fn add_pair(credentials: &mut Credentials, pair: &CertPair) -> Result<(), String> {
-    let read = |path: &std::path::Path| {
-        fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))
-    };
-    let chain = read(&pair.cert)?;
-    let key = read(&pair.key)?;
-    credentials
-        .add_pem(&chain, &key)
-        .map(|index| {
-            log::info!(
-                "certificate {} (key {}) loaded as #{index}",
-                pair.cert.display(),
-                pair.key.display()
-            )
-        })
-        .map_err(|e| format!("{} with {}: {e}", pair.cert.display(), pair.key.display()))
 }
 
 pub fn unix_now() -> u64 {

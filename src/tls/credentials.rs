@@ -1,3 +1,6 @@
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::ptr;
 
 use super::TlsError;
@@ -40,6 +43,41 @@ impl Credentials {
             )
         };
         TlsError::check(rc, "loading certificate and key").map(|i| i as u32)
+    }
+
+    /// Staples the DER OCSP response in `path` for certificate `index`.
+    /// GnuTLS checks that it matches the certificate and has not expired,
+    /// and stops stapling it once it expires.
+    pub fn set_ocsp_file(&mut self, index: u32, path: &Path) -> Result<(), TlsError> {
+        let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+            TlsError::new(ffi::GNUTLS_E_INVALID_REQUEST, "OCSP file name contains NUL")
+        })?;
+        // SAFETY: c_path is NUL-terminated and outlives the call.
+        let rc = unsafe {
+            ffi::gnutls_certificate_set_ocsp_status_request_file2(
+                self.raw,
+                c_path.as_ptr(),
+                index,
+                ffi::GNUTLS_X509_FMT_DER,
+            )
+        };
+        TlsError::check(rc, "loading the OCSP response").map(|_| ())
+    }
+
+    /// Staples a DER OCSP response held in memory (the last valid one, when
+    /// its file was replaced by something unusable).
+    pub fn set_ocsp_der(&mut self, index: u32, der: &[u8]) -> Result<(), TlsError> {
+        let data = datum(der)?;
+        // SAFETY: data borrows der for the call; GnuTLS copies it.
+        let rc = unsafe {
+            ffi::gnutls_certificate_set_ocsp_status_request_mem(
+                self.raw,
+                &data,
+                index,
+                ffi::GNUTLS_X509_FMT_DER,
+            )
+        };
+        TlsError::check(rc, "loading the previous OCSP response").map(|_| ())
     }
 
     pub(super) fn raw(&self) -> ffi::gnutls_certificate_credentials_t {

@@ -5,6 +5,7 @@
 pub mod client_hello;
 mod credentials;
 mod error;
+pub mod ocsp;
 mod priority;
 mod session;
 mod session_db;

@@ -146,6 +146,42 @@ impl ServerSession {
         Ok(())
     }
 
+    /// The DER of the certificate this session presented.
+    pub fn served_certificate(&self) -> Option<&[u8]> {
+        // SAFETY: raw is a live session; the datum it returns (if any) is
+        // owned by the credentials, which this session keeps alive.
+        unsafe {
+            let d = ffi::gnutls_certificate_get_ours(self.raw);
+            if d.is_null() || (*d).data.is_null() {
+                return None;
+            }
+            Some(std::slice::from_raw_parts((*d).data, (*d).size as usize))
+        }
+    }
+
+    /// The host name the client asked for with SNI.
+    pub fn server_name(&self) -> Option<String> {
+        let mut buf = [0u8; 256];
+        let mut len = buf.len();
+        let mut kind: c_uint = 0;
+        // SAFETY: buf is writable for len bytes; GnuTLS updates len.
+        let rc = unsafe {
+            ffi::gnutls_server_name_get(
+                self.raw,
+                buf.as_mut_ptr() as *mut c_void,
+                &mut len,
+                &mut kind,
+                0,
+            )
+        };
+        if rc < 0 || kind != ffi::GNUTLS_NAME_DNS {
+            return None;
+        }
+        let name = buf.get(..len)?;
+        let name = name.strip_suffix(&[0]).unwrap_or(name);
+        Some(String::from_utf8_lossy(name).into_owned())
+    }
+
     /// Key names of the tickets sent to the client during the handshake.
     pub fn tickets_sent(&self) -> &[KeyName] {
         &self.io.tickets_sent

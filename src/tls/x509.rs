@@ -54,6 +54,40 @@ pub fn still_fits(
     Ok(matches && expires - now > margin_secs)
 }
 
+/// The DER and the subject CN of the first (leaf) certificate in `pem`.
+pub fn leaf(pem: &[u8]) -> Result<(Vec<u8>, String), TlsError> {
+    let crt = Certificate::new()?;
+    let data = datum(pem)?;
+    // SAFETY: crt is live; data borrows pem for the call.
+    let rc = unsafe { ffi::gnutls_x509_crt_import(crt.raw, &data, ffi::GNUTLS_X509_FMT_PEM) };
+    TlsError::check(rc, "reading the certificate")?;
+    let mut out = empty_datum();
+    // SAFETY: crt holds a certificate; out receives a gnutls_malloc'd buffer.
+    let rc = unsafe { ffi::gnutls_x509_crt_export2(crt.raw, ffi::GNUTLS_X509_FMT_DER, &mut out) };
+    TlsError::check(rc, "exporting the certificate")?;
+    let der = take_datum(out);
+    let mut cn = [0u8; 256];
+    let mut len = cn.len();
+    let oid = ffi::GNUTLS_OID_X520_COMMON_NAME.as_ptr() as *const c_char;
+    // SAFETY: cn is writable for len bytes; GnuTLS updates len.
+    let rc = unsafe {
+        ffi::gnutls_x509_crt_get_dn_by_oid(
+            crt.raw,
+            oid,
+            0,
+            0,
+            cn.as_mut_ptr() as *mut c_void,
+            &mut len,
+        )
+    };
+    let name = if rc < 0 {
+        String::new()
+    } else {
+        String::from_utf8_lossy(cn.get(..len).unwrap_or(&[])).into_owned()
+    };
+    Ok((der, name.trim_end_matches('\0').to_string()))
+}
+
 fn c_string(s: &str) -> Result<std::ffi::CString, TlsError> {
     std::ffi::CString::new(s)
         .map_err(|_| TlsError::new(ffi::GNUTLS_E_INVALID_REQUEST, "name contains NUL"))
