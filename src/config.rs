@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use getopts::{Matches, Options};
 
+use crate::hostlist::HostList;
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2525";
 pub const DEFAULT_PRIORITY: &str = "NORMAL:-VERS-TLS1.0:-VERS-TLS1.1";
 
@@ -58,6 +60,8 @@ pub struct Config {
     pub hostname: String,
     pub tls_priority: String,
     pub resumption: Resumption,
+    /// Clients to which PIPECONNECT (early pipelining) is advertised.
+    pub pipe_connect_hosts: HostList,
     pub max_message_size: u64,
     pub max_connections: usize,
     pub max_recipients: usize,
@@ -137,6 +141,12 @@ fn options() -> Options {
         "NAME",
     );
     o.optopt("", "tls-priority", "GnuTLS priority string", "STRING");
+    o.optopt(
+        "",
+        "pipe-connect-hosts",
+        "clients offered PIPECONNECT: addresses/CIDRs, * or empty (default *)",
+        "LIST",
+    );
     o.optopt(
         "",
         "ticket-rotation",
@@ -282,6 +292,11 @@ fn build(m: &Matches) -> Result<Config, UsageError> {
         tickets: !m.opt_present("no-tickets"),
         session_cache,
     };
+    let pipe_connect_hosts = HostList::parse(
+        &m.opt_str("pipe-connect-hosts")
+            .unwrap_or_else(|| "*".into()),
+    )
+    .map_err(|e| UsageError(format!("--pipe-connect-hosts: {e}")))?;
     Ok(Config {
         listen,
         listen_tls,
@@ -292,6 +307,7 @@ fn build(m: &Matches) -> Result<Config, UsageError> {
         hostname,
         tls_priority,
         resumption,
+        pipe_connect_hosts,
         max_message_size: number(m, "max-message-size", 52_428_800, 1)?,
         max_connections: number(m, "max-connections", 1000, 1)?,
         max_recipients: number(m, "max-recipients", 100, 1)?,
@@ -514,6 +530,25 @@ mod tests {
         );
         assert_eq!(c.domains, vec!["example.org", "example.net"]);
         assert_eq!(c.maildir, PathBuf::from("/var/lib/g/mail"));
+    }
+
+    #[test]
+    fn pipe_connect_hosts() {
+        let ip = |s: &str| s.parse().unwrap();
+        assert!(
+            run(&[])
+                .unwrap()
+                .pipe_connect_hosts
+                .matches(ip("192.0.2.1")),
+            "default *"
+        );
+        assert!(
+            !run(&["--pipe-connect-hosts", ""])
+                .unwrap()
+                .pipe_connect_hosts
+                .matches(ip("127.0.0.1"))
+        );
+        assert!(error(&["--pipe-connect-hosts", "nonsense"]).starts_with("--pipe-connect-hosts:"));
     }
 
     #[test]

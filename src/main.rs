@@ -3,6 +3,7 @@
 mod config;
 mod default_cert;
 mod ffi;
+mod hostlist;
 mod received;
 mod server;
 mod session_cache;

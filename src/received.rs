@@ -126,6 +126,7 @@ mod tests {
             body: Body::EightBitMime,
             smtputf8: false,
             chunking: false,
+            early_pipelining: None,
         }
     }
 

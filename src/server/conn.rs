@@ -69,7 +69,6 @@ enum Tls {
 pub struct Conn {
     pub socket: TcpStream,
     pub peer: SocketAddr,
-    kind: Kind,
     key: TimerKey,
     pub deadline: Deadline,
     smtp: Smtp,
@@ -80,6 +79,9 @@ pub struct Conn {
     pending: Option<Pending>,
     closing: Option<Close>,
     read_paused: bool,
+    /// Input that arrives while this is false came before the client could
+    /// have seen our banner (early pipelining, or a synchronisation error).
+    banner_sent: bool,
 }
 
 type Step = Result<(), Close>;
@@ -96,7 +98,7 @@ impl Conn {
             peer,
             starttls_available: kind == Kind::Starttls,
             tls: None,
-            pipe_connect: false,
+            pipe_connect: shared.pipe_connect_hosts.matches(peer.ip()),
         };
         let tls = match kind {
             Kind::Starttls => Tls::Off,
@@ -109,7 +111,6 @@ impl Conn {
         let mut conn = Conn {
             socket,
             peer,
-            kind,
             key,
             deadline: Deadline::new(shared.now),
             smtp: Smtp::new(shared.smtp_config.clone(), info),
@@ -118,19 +119,34 @@ impl Conn {
             pending: None,
             closing: None,
             read_paused: false,
+            banner_sent: false,
         };
         conn.set_deadline(shared, timeout);
         conn
     }
 
-    /// Sends the banner on a plain connection; an implicit-TLS one sends it
-    /// once the handshake is done.
-    pub fn start(&mut self) -> Option<Close> {
-        if matches!(self.tls, Tls::Off) {
-            self.smtp.greet();
-        }
-        let step = self.flush();
+    /// Greets a plain connection; an implicit-TLS one is greeted once the
+    /// handshake is done. Whatever the client already sent is read first:
+    /// an early-pipelining client then gets the banner and the replies to
+    /// its commands in one write (Exim's PIPE_CONNECT).
+    pub fn start(&mut self, shared: &mut Shared) -> Option<Close> {
+        let step = if matches!(self.tls, Tls::Off) {
+            self.read_socket(shared)
+        } else {
+            Ok(())
+        };
+        let step = step.and_then(|()| {
+            self.greet_if_silent();
+            self.flush()
+        });
         self.finish(step)
+    }
+
+    fn greet_if_silent(&mut self) {
+        if !self.banner_sent && matches!(self.tls, Tls::Off | Tls::Established(_)) {
+            self.smtp.greet();
+            self.banner_sent = true;
+        }
     }
 
     pub fn key(&self) -> TimerKey {
@@ -310,13 +326,13 @@ impl Conn {
         );
         self.tls = Tls::Established(new);
         self.smtp.tls_established(info);
-        if self.kind == Kind::Implicit {
-            self.smtp.greet();
-        }
         let timeout = shared.timeouts.command;
         self.set_deadline(shared, timeout);
-        // A TLS 1.3 client may send its first command with its Finished.
-        self.decrypt(shared)
+        // A TLS 1.3 client may send its first commands with its Finished:
+        // on the implicit-TLS listener that is before our banner.
+        self.decrypt(shared)?;
+        self.greet_if_silent();
+        Ok(())
     }
 
     fn decrypt(&mut self, shared: &mut Shared) -> Step {
@@ -346,7 +362,12 @@ impl Conn {
             hostname: &shared.smtp_config.hostname,
             peer: self.peer,
         };
-        let next = self.smtp.receive(bytes, &mut sink);
+        let next = if self.banner_sent {
+            self.smtp.receive(bytes, &mut sink)
+        } else {
+            self.banner_sent = true;
+            self.smtp.early_input(bytes, &mut sink)
+        };
         let timeout = match self.smtp.phase() {
             Phase::Command => shared.timeouts.command,
             Phase::Data => shared.timeouts.data,

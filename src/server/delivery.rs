@@ -92,7 +92,13 @@ pub fn arrival_line(env: &Envelope, id: &str, size: u64, peer: SocketAddr) -> St
         line.push_str(" X=");
         line.push_str(&tls_field(tls));
     }
-    line.push_str(&format!(" S={size} id={id} for"));
+    line.push_str(&format!(" S={size} id={id}"));
+    match env.early_pipelining {
+        Some(true) => line.push_str(" L*"),
+        Some(false) => line.push_str(" L."),
+        None => {}
+    }
+    line.push_str(" for");
     for r in &env.recipients {
         line.push_str(&format!(" {}@{}", r.local.escape_debug(), r.domain));
     }

@@ -22,6 +22,7 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::config::{Config, Timeouts};
 use crate::default_cert;
+use crate::hostlist::HostList;
 use crate::smtp::SmtpConfig;
 use crate::store::{self, Store};
 use conn::{Close, Conn};
@@ -41,6 +42,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
 /// What every connection handler may use besides its own state.
 pub struct Shared {
     pub smtp_config: Rc<SmtpConfig>,
+    pub pipe_connect_hosts: HostList,
     pub tls: TlsContext,
     pub store: Store,
     pub timeouts: Timeouts,
@@ -120,6 +122,7 @@ impl Server {
             conns: Table::new(),
             shared: Shared {
                 smtp_config: Rc::new(smtp_config),
+                pipe_connect_hosts: config.pipe_connect_hosts.clone(),
                 tls,
                 store,
                 timeouts: config.timeouts.clone(),
@@ -265,7 +268,11 @@ impl Server {
             self.conns.len() + 1
         );
         let slot = self.conns.insert(conn);
-        if let Some(close) = self.conns.get_mut(slot).and_then(|c| c.start()) {
+        if let Some(close) = self
+            .conns
+            .get_mut(slot)
+            .and_then(|c| c.start(&mut self.shared))
+        {
             self.remove(slot, close);
         }
     }

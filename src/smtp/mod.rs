@@ -87,6 +87,9 @@ pub struct Envelope {
     pub smtputf8: bool,
     /// The content came by BDAT.
     pub chunking: bool,
+    /// PIPECONNECT was advertised to this client: whether it used early
+    /// pipelining on this connection (Exim's `L*`) or not (`L.`).
+    pub early_pipelining: Option<bool>,
 }
 
 impl Envelope {

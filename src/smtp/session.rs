@@ -48,6 +48,9 @@ pub struct Smtp {
     errors: u32,
     link: Link,
     quit: bool,
+    /// The client sent commands before it could have seen our banner or
+    /// the EHLO reply (PIPECONNECT); sticky for the connection.
+    pub(super) early_pipelining: bool,
 }
 
 impl Smtp {
@@ -65,6 +68,7 @@ impl Smtp {
             errors: 0,
             link: Link::Open,
             quit: false,
+            early_pipelining: false,
         }
     }
 
@@ -104,6 +108,25 @@ impl Smtp {
             }
         }
         Next::Continue
+    }
+
+    /// Input that arrived before the banner was sent. A client permitted
+    /// early pipelining (PIPECONNECT) gets the banner and then the replies
+    /// to that input, all in one batch; any other client has broken SMTP's
+    /// synchronisation and is refused.
+    pub fn early_input(&mut self, input: &[u8], sink: &mut dyn MessageSink) -> Next {
+        if !self.conn.pipe_connect {
+            log::warn!(
+                "{}: sent {} bytes before the banner",
+                self.conn.peer,
+                input.len()
+            );
+            self.terminate(reply::SYNC_ERROR);
+            return Next::Close;
+        }
+        self.early_pipelining = true;
+        self.greet();
+        self.receive(input, sink)
     }
 
     pub fn output(&self) -> &[u8] {
@@ -272,6 +295,11 @@ impl Smtp {
     }
 
     fn dispatch(&mut self, command: Command<'_>, more: bool, sink: &mut dyn MessageSink) -> Next {
+        if more && !self.may_pipeline_after(&command) {
+            log::warn!("{}: pipelined past a synchronisation point", self.conn.peer);
+            self.reply(&reply::SYNC_ERROR);
+            return Next::Close;
+        }
         match command {
             Command::Helo(arg) => self.helo(arg, false, sink),
             Command::Ehlo(arg) => self.helo(arg, true, sink),
@@ -288,6 +316,23 @@ impl Smtp {
             Command::StartTls(arg) => return self.starttls(arg),
         }
         Next::Continue
+    }
+
+    /// RFC 2920 and Exim's synchronisation rules: may the client already
+    /// have sent more input behind this command? After EHLO/HELO only with
+    /// PIPECONNECT (that is early pipelining); otherwise only once PIPELINING
+    /// was advertised (EHLO done). DATA is checked where it is handled,
+    /// STARTTLS discards what follows, and nothing follows QUIT.
+    fn may_pipeline_after(&mut self, command: &Command<'_>) -> bool {
+        match command {
+            Command::Helo(_) | Command::Ehlo(_) if self.conn.pipe_connect => {
+                self.early_pipelining = true;
+                true
+            }
+            Command::Helo(_) | Command::Ehlo(_) => false,
+            Command::StartTls(_) | Command::Quit(_) | Command::Data(_) => true,
+            _ => self.helo.as_ref().is_some_and(|h| h.esmtp),
+        }
     }
 
     fn helo(&mut self, arg: &str, esmtp: bool, sink: &mut dyn MessageSink) {

@@ -109,12 +109,15 @@ fn peer() -> SocketAddr {
     "192.0.2.7:40000".parse().unwrap()
 }
 
+/// A client permitted early pipelining (gsmtpd's default), so that whole
+/// conversations can be fed in one batch; the synchronisation tests turn it
+/// off.
 fn conn() -> ConnInfo {
     ConnInfo {
         peer: peer(),
         starttls_available: true,
         tls: None,
-        pipe_connect: false,
+        pipe_connect: true,
     }
 }
 
@@ -160,6 +163,11 @@ impl Client {
             "250 2.1.0 OK\r\n250 2.1.5 OK\r\n"
         );
         client
+    }
+
+    fn greet_and_take(&mut self) -> String {
+        self.smtp.greet();
+        self.take()
     }
 
     fn send(&mut self, input: &[u8]) -> Next {
@@ -320,9 +328,9 @@ fn banner() {
 #[test]
 fn ehlo_advertises_extensions() {
     let mut client = Client::new();
-    assert_eq!(client.talk(EHLO), ehlo_reply(true, false));
+    assert_eq!(client.talk(EHLO), ehlo_reply(true, true));
     // Clients cache the reply, so it must not change for the same state.
-    assert_eq!(client.talk(EHLO), ehlo_reply(true, false));
+    assert_eq!(client.talk(EHLO), ehlo_reply(true, true));
 }
 
 #[test]
@@ -335,6 +343,7 @@ fn ehlo_options_follow_connection() {
 
     let mut implicit = conn();
     implicit.tls = Some(tls_info());
+    implicit.pipe_connect = false;
     let mut client = Client::with(config(), implicit);
     assert!(client.smtp.is_tls());
     assert_eq!(client.talk(EHLO), ehlo_reply(false, false));
@@ -347,7 +356,10 @@ fn helo_is_plain_smtp() {
         client.talk(b"HELO client.example\r\n"),
         format!("250 {HOST} Hello client.example [192.0.2.7]\r\n")
     );
-    client.talk(&[MAIL, RCPT, b"DATA\r\n"].concat());
+    // Without PIPELINING every command waits for its reply.
+    for command in [MAIL, RCPT, b"DATA\r\n"] {
+        client.talk(command);
+    }
     client.talk(b"hi\r\n.\r\n");
     let envelope = &client.sink.committed()[0].envelope;
     assert!(!envelope.esmtp);
@@ -722,6 +734,7 @@ fn protocol_names() {
         body: Body::SevenBit,
         smtputf8: false,
         chunking: false,
+        early_pipelining: None,
     };
     assert_eq!(envelope.protocol(), "SMTP");
     envelope.esmtp = true;
@@ -1332,7 +1345,8 @@ fn bdat_without_mail_consumes_its_bytes() {
         "503 5.5.1 Error: need MAIL command\r\n250 2.0.0 OK\r\n"
     );
     let mut client = Client::new();
-    let reply = client.talk(b"BDAT 6 LAST\r\nQUIT\r\n");
+    assert_eq!(client.talk(b"BDAT 6 LAST\r\n"), "");
+    let reply = client.talk(b"QUIT\r\n");
     assert_eq!(reply, "503 5.5.1 Error: need MAIL command\r\n");
     assert!(client.sink.messages.is_empty());
 }
@@ -1690,7 +1704,7 @@ fn starttls_discards_pipelined_input() {
     assert_eq!(client.send(&input), Next::StartTls);
     assert_eq!(
         client.take(),
-        ehlo_reply(true, false) + "220 2.0.0 Ready to start TLS\r\n"
+        ehlo_reply(true, true) + "220 2.0.0 Ready to start TLS\r\n"
     );
     // Until the handshake is done, plaintext is never looked at.
     assert_eq!(client.send(b"O x\r\nNOOP\r\n"), Next::StartTls);
@@ -1706,7 +1720,7 @@ fn starttls_discards_pipelined_input() {
         client.talk(MAIL),
         "503 5.5.1 Error: send HELO/EHLO first\r\n"
     );
-    assert_eq!(client.talk(EHLO), ehlo_reply(false, false));
+    assert_eq!(client.talk(EHLO), ehlo_reply(false, true));
     assert_eq!(
         client.talk(b"STARTTLS\r\n"),
         "503 5.5.1 TLS already active\r\n"
@@ -1760,6 +1774,7 @@ fn starttls_refusals() {
 
     let mut implicit = conn();
     implicit.tls = Some(tls_info());
+    implicit.pipe_connect = false;
     let mut client = Client::with(config(), implicit);
     assert_eq!(
         client.talk(b"STARTTLS\r\n"),
@@ -1855,4 +1870,96 @@ fn output_is_consumed_partially() {
     assert_eq!(client.smtp.output(), b"");
     client.send(b"NOOP\r\n");
     assert_eq!(client.smtp.output(), b"250 2.0.0 OK\r\n");
+}
+
+fn no_early_pipelining() -> Client {
+    let mut c = conn();
+    c.pipe_connect = false;
+    Client::with(config(), c)
+}
+
+const SYNC: &str = "554 5.5.0 SMTP synchronization error\r\n";
+
+#[test]
+fn pipelining_past_ehlo_needs_pipeconnect() {
+    let mut client = no_early_pipelining();
+    assert_eq!(client.send(&[EHLO, MAIL].concat()), Next::Close);
+    assert_eq!(
+        client.take(),
+        SYNC,
+        "as in Exim, the EHLO itself is not answered"
+    );
+    assert!(client.sink.messages.is_empty());
+}
+
+#[test]
+fn without_pipelining_every_command_is_a_synchronisation_point() {
+    let mut client = no_early_pipelining();
+    client.talk(b"HELO client.example\r\n");
+    assert_eq!(client.send(&[MAIL, RCPT].concat()), Next::Close);
+    assert_eq!(client.take(), SYNC, "not even MAIL is answered");
+    let mut client = no_early_pipelining();
+    assert_eq!(
+        client.send(b"NOOP\r\nNOOP\r\n"),
+        Next::Close,
+        "before EHLO too"
+    );
+}
+
+#[test]
+fn with_pipelining_only_data_is_a_synchronisation_point() {
+    let mut client = no_early_pipelining();
+    client.talk(EHLO);
+    assert_eq!(
+        client
+            .talk(&[MAIL, RCPT, b"NOOP\r\n", b"DATA\r\n"].concat())
+            .lines()
+            .count(),
+        4
+    );
+}
+
+#[test]
+fn early_input_from_a_client_not_permitted_is_refused_without_a_banner() {
+    let mut client = no_early_pipelining();
+    assert_eq!(client.smtp.early_input(EHLO, &mut client.sink), Next::Close);
+    assert_eq!(client.take(), SYNC);
+    assert_eq!(client.send(b"QUIT\r\n"), Next::Close);
+}
+
+#[test]
+fn early_input_gets_the_banner_then_its_replies_in_one_batch() {
+    let mut client = Client::new();
+    let early = [EHLO, MAIL, RCPT, b"DATA\r\n"].concat();
+    assert_eq!(
+        client.smtp.early_input(&early, &mut client.sink),
+        Next::Continue
+    );
+    let expected = format!("220 {HOST} ESMTP gsmtpd\r\n")
+        + &ehlo_reply(true, true)
+        + "250 2.1.0 OK\r\n250 2.1.5 OK\r\n354 End data with <CR><LF>.<CR><LF>\r\n";
+    assert_eq!(client.take(), expected);
+    client.talk(b"hi\r\n.\r\n");
+    assert_eq!(
+        client.sink.committed()[0].envelope.early_pipelining,
+        Some(true)
+    );
+}
+
+#[test]
+fn pipeconnect_advertised_but_unused_or_not_advertised() {
+    let mut client = Client::new();
+    client.greet_and_take();
+    for command in [EHLO, MAIL, RCPT, b"DATA\r\n", b"hi\r\n.\r\n"] {
+        client.talk(command);
+    }
+    assert_eq!(
+        client.sink.committed()[0].envelope.early_pipelining,
+        Some(false)
+    );
+    let mut client = no_early_pipelining();
+    for command in [EHLO, MAIL, RCPT, b"DATA\r\n", b"hi\r\n.\r\n"] {
+        client.talk(command);
+    }
+    assert_eq!(client.sink.committed()[0].envelope.early_pipelining, None);
 }

@@ -76,6 +76,8 @@ impl Smtp {
             body: params.body,
             smtputf8: params.smtputf8,
             chunking: false,
+            early_pipelining: (self.conn.pipe_connect && helo.esmtp)
+                .then_some(self.early_pipelining),
         };
         self.txn = Some(Transaction {
             envelope,

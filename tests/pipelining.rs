@@ -1,0 +1,241 @@
+//! Early pipelining (PIPECONNECT) and SMTP synchronisation on the wire:
+//! raw sockets for cleartext, rustls for commands sent right behind the TLS
+//! handshake (after STARTTLS and on the implicit-TLS listener).
+//!
+//! To send "before the banner" deterministically the tests stop the server
+//! (SIGSTOP), connect and write while the kernel holds the connection in the
+//! backlog, then let the server go on (SIGCONT).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+
+use common::*;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore};
+
+const EARLY: &str =
+    "EHLO client.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<ivy@example.org>\r\nDATA\r\n";
+
+/// Connects and writes `early` while the server is stopped.
+fn early_talker(server: &Server, addr: SocketAddr, early: &[u8]) -> TcpStream {
+    server.signal("STOP");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(early).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    server.signal("CONT");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s
+}
+
+fn read_once(s: &mut TcpStream) -> String {
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = s.read(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+fn codes(replies: &str) -> Vec<&str> {
+    replies
+        .lines()
+        .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+        .map(|l| &l[..3])
+        .collect()
+}
+
+fn finish_message(s: &mut TcpStream) {
+    s.write_all(b"Subject: early\r\n\r\nhello\r\n.\r\nQUIT\r\n")
+        .unwrap();
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).unwrap();
+    assert!(
+        rest.starts_with("250 2.0.0 OK id=") && rest.contains("221 "),
+        "{rest}"
+    );
+}
+
+fn arrival_line(server: &Server) -> String {
+    let log = server.wait_log("<= ");
+    log.lines().find(|l| l.contains("<= ")).unwrap().to_string()
+}
+
+#[test]
+fn early_talker_gets_banner_and_replies_in_one_write_and_is_logged_l_star() {
+    let server = Server::start();
+    let mut s = early_talker(&server, server.plain[0], EARLY.as_bytes());
+    let replies = read_once(&mut s);
+    assert!(
+        replies.starts_with("220 mx.test ESMTP gsmtpd\r\n"),
+        "{replies}"
+    );
+    assert!(replies.contains("250-PIPECONNECT\r\n"), "{replies}");
+    assert_eq!(
+        codes(&replies),
+        ["220", "250", "250", "250", "354"],
+        "one read: {replies}"
+    );
+    finish_message(&mut s);
+    assert_eq!(server.mailbox("ivy").len(), 1);
+    assert!(
+        arrival_line(&server).contains(" L* for ivy@example.org"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn advertised_but_unused_is_logged_l_dot_and_not_advertised_has_no_l() {
+    let server = Server::start();
+    let mut c = Plain::connect(server.plain[0]);
+    c.expect("220");
+    assert!(
+        c.command("EHLO client.test", "250")
+            .contains("250-PIPECONNECT\r\n")
+    );
+    c.command("MAIL FROM:<a@client.test>", "250");
+    c.command("RCPT TO:<jay@example.org>", "250");
+    c.command("DATA", "354");
+    c.send("Subject: x\r\n\r\nx\r\n.\r\n");
+    c.expect("250");
+    assert!(
+        arrival_line(&server).contains(" L. for jay@example.org"),
+        "{}",
+        server.log()
+    );
+
+    let server = Server::with_args(&["--pipe-connect-hosts", "192.0.2.0/24"]);
+    let mut c = Plain::connect(server.plain[0]);
+    c.expect("220");
+    assert!(!c.command("EHLO client.test", "250").contains("PIPECONNECT"));
+    c.command("MAIL FROM:<a@client.test>", "250");
+    c.command("RCPT TO:<jay@example.org>", "250");
+    c.command("DATA", "354");
+    c.send("Subject: x\r\n\r\nx\r\n.\r\n");
+    c.expect("250");
+    let line = arrival_line(&server);
+    assert!(!line.contains(" L*") && !line.contains(" L."), "{line}");
+}
+
+#[test]
+fn early_talker_not_permitted_gets_554_and_is_closed() {
+    let server = Server::with_args(&["--pipe-connect-hosts", ""]);
+    let mut s = early_talker(&server, server.plain[0], EARLY.as_bytes());
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    assert_eq!(all, "554 5.5.0 SMTP synchronization error\r\n");
+    server.wait_log("before the banner");
+    assert!(server.mailbox("ivy").is_empty());
+}
+
+#[test]
+fn pipelining_past_ehlo_without_pipeconnect_is_a_synchronisation_error() {
+    let server = Server::with_args(&["--pipe-connect-hosts", ""]);
+    let mut c = Plain::connect(server.plain[0]);
+    c.expect("220");
+    c.send("EHLO client.test\r\nMAIL FROM:<a@client.test>\r\n");
+    c.expect("554 5.5.0");
+    assert!(c.closed());
+    // HELO: no PIPELINING, so every command is a synchronisation point.
+    let mut c = Plain::connect(server.plain[0]);
+    c.expect("220");
+    c.command("HELO client.test", "250");
+    c.send("MAIL FROM:<a@client.test>\r\nRCPT TO:<ivy@example.org>\r\n");
+    c.expect("554 5.5.0");
+    assert!(c.closed());
+}
+
+fn tls_client() -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(pki().join("ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// Runs the TLS handshake with `early` queued as application data, so
+/// rustls sends it in the same flight as its Finished, before it has seen
+/// any reply. Returns the plaintext of the first TLS read that has any.
+fn tls_early(mut sock: TcpStream, early: &str) -> (ClientConnection, TcpStream, String) {
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = ClientConnection::new(tls_client(), name).unwrap();
+    tls.writer().write_all(early.as_bytes()).unwrap();
+    while tls.is_handshaking() {
+        tls.complete_io(&mut sock).unwrap();
+    }
+    while tls.wants_write() {
+        tls.write_tls(&mut sock).unwrap();
+    }
+    let text = tls_read(&mut tls, &mut sock);
+    (tls, sock, text)
+}
+
+/// One socket read, decrypted (after tickets, which carry no plaintext).
+fn tls_read(tls: &mut ClientConnection, sock: &mut TcpStream) -> String {
+    let mut text = String::new();
+    while text.is_empty() {
+        tls.read_tls(sock).unwrap();
+        tls.process_new_packets().unwrap();
+        let _ = tls.reader().read_to_string(&mut text);
+    }
+    text
+}
+
+#[test]
+fn early_pipelining_right_behind_the_starttls_handshake() {
+    let server = Server::start();
+    let mut c = Plain::connect(server.plain[0]);
+    c.expect("220");
+    c.command("EHLO client.test", "250");
+    c.command("STARTTLS", "220");
+    let (mut tls, mut sock, replies) = tls_early(c.stream.try_clone().unwrap(), EARLY);
+    assert_eq!(
+        codes(&replies),
+        ["250", "250", "250", "354"],
+        "one read: {replies}"
+    );
+    assert!(!replies.contains("STARTTLS"), "{replies}");
+    tls.writer()
+        .write_all(b"Subject: tls\r\n\r\nhi\r\n.\r\n")
+        .unwrap();
+    tls.complete_io(&mut sock).unwrap();
+    assert!(tls_read(&mut tls, &mut sock).starts_with("250 2.0.0 OK"));
+    assert!(
+        arrival_line(&server).contains(" P=esmtps X=TLS1.3:"),
+        "{}",
+        server.log()
+    );
+    assert!(
+        arrival_line(&server).contains(" L* for ivy@example.org"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn early_pipelining_on_the_implicit_tls_listener() {
+    let server = Server::start();
+    let sock = TcpStream::connect(server.tls[0]).unwrap();
+    let (_tls, _sock, replies) = tls_early(sock, EARLY);
+    assert!(
+        replies.starts_with("220 mx.test ESMTP gsmtpd\r\n"),
+        "{replies}"
+    );
+    assert_eq!(
+        codes(&replies),
+        ["220", "250", "250", "250", "354"],
+        "one read: {replies}"
+    );
+
+    let server = Server::with_args(&["--pipe-connect-hosts", ""]);
+    let sock = TcpStream::connect(server.tls[0]).unwrap();
+    let (_tls, _sock, replies) = tls_early(sock, EARLY);
+    assert_eq!(replies, "554 5.5.0 SMTP synchronization error\r\n");
+}
