@@ -322,7 +322,7 @@ impl Conn {
             self.peer.ip(),
             self.peer.port(),
             tls_field(&info),
-            shared.tls.served(&new.session)
+            shared.tls.served(&new.session, info.resumed)
         );
         self.tls = Tls::Established(new);
         self.smtp.tls_established(info);

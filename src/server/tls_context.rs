@@ -100,11 +100,12 @@ impl TlsContext {
 
     /// The certificate a session was served, and the name the client asked
     /// for, as the log shows them.
-    pub fn served(&self, session: &ServerSession) -> String {
-        let cert = session
-            .served_certificate()
-            .and_then(|der| self.certs.name_of(der))
-            .unwrap_or("?");
+    pub fn served(&self, session: &ServerSession, resumed: bool) -> String {
+        // A resumed session presents no certificate.
+        let cert = match session.served_certificate() {
+            Some(der) if !resumed => self.certs.name_of(der).unwrap_or("?"),
+            _ => "-",
+        };
         match session.server_name() {
             Some(sni) => format!("{cert} SNI={sni}"),
             None => cert.to_string(),
