@@ -1,5 +1,6 @@
 //! gsmtpd: an SMTP server with STARTTLS and implicit TLS over GnuTLS.
 
+mod clock;
 mod config;
 mod default_cert;
 mod ffi;

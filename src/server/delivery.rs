@@ -3,7 +3,6 @@
 //! the `<=` log line once the message is durable.
 
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::received;
 use crate::smtp::{Envelope, MessageSink, SinkError, TlsInfo};
@@ -30,7 +29,7 @@ fn sink_error(what: &str, e: std::io::Error) -> SinkError {
 impl MessageSink for StoreSink<'_> {
     fn begin(&mut self, env: &Envelope) -> Result<(), SinkError> {
         let id = self.store.next_id();
-        let header = received::trace_headers(env, &id, self.hostname, unix_now());
+        let header = received::trace_headers(env, &id, self.hostname, crate::clock::unix_secs());
         let mailboxes: Vec<(String, String)> = env
             .recipients
             .iter()
@@ -110,11 +109,4 @@ pub fn arrival_line(env: &Envelope, id: &str, size: u64, peer: SocketAddr) -> St
 pub fn tls_field(tls: &TlsInfo) -> String {
     let star = if tls.resumed { "*" } else { "" };
     format!("{}:{}:{}{star}", tls.version, tls.cipher, tls.bits)
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

@@ -302,7 +302,7 @@ impl Server {
         }
         if self.housekeeping_at <= now {
             let due = self.shared.tls.housekeeping();
-            let wait = due.saturating_sub(tls_context::unix_now()).max(1);
+            let wait = due.saturating_sub(crate::clock::unix_secs()).max(1);
             self.housekeeping_at = now + Duration::from_secs(wait);
         }
         if self.accept_paused_until.is_some_and(|t| t <= now) {

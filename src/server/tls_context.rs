@@ -4,9 +4,9 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::certs::Certs;
+use crate::clock::unix_secs as unix_now;
 use crate::config::Config;
 use crate::default_cert;
 use crate::session_cache::{CacheConfig, SessionCache};
@@ -188,11 +188,4 @@ pub fn resumption_words(supported: bool, hello: Option<&Hello>, n: &Negotiated) 
             words.join(",")
         }
     )
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

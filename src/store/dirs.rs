@@ -1,11 +1,12 @@
 //! Mailbox directory creation and the cache of mailboxes known to exist.
 
+use std::cell::{RefCell, RefMut};
 use std::collections::HashSet;
 use std::fs::{self, DirBuilder};
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::rc::Rc;
 
 use super::sync_dir;
 
@@ -86,15 +87,12 @@ pub(super) fn ensure_root(root: &Path) -> io::Result<()> {
 /// with [`super::Delivery`] so a failed commit can drop its mailboxes and
 /// have the next delivery recreate whatever went missing.
 #[derive(Clone, Default)]
-pub(super) struct KnownMailboxes(Arc<Mutex<HashSet<PathBuf>>>);
+pub(super) struct KnownMailboxes(Rc<RefCell<HashSet<PathBuf>>>);
 
 impl KnownMailboxes {
-    fn lock(&self) -> MutexGuard<'_, HashSet<PathBuf>> {
-        // A panic elsewhere while holding the lock leaves the set merely
-        // incomplete or stale, which forget()/ensure() already cope with.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Never held across a call that could borrow it again.
+    fn set(&self) -> RefMut<'_, HashSet<PathBuf>> {
+        self.0.borrow_mut()
     }
 
     /// Returns `ROOT/DOMAIN/LOCAL`, creating it and its `tmp`, `new` and
@@ -102,7 +100,7 @@ impl KnownMailboxes {
     pub(super) fn ensure(&self, root: &Path, domain: &str, local: &str) -> io::Result<PathBuf> {
         let domain_dir = root.join(domain);
         let mailbox = domain_dir.join(local);
-        if self.lock().contains(&mailbox) {
+        if self.set().contains(&mailbox) {
             return Ok(mailbox);
         }
         make_dir(&domain_dir)?;
@@ -118,7 +116,7 @@ impl KnownMailboxes {
         sync_dir(&domain_dir)?;
         sync_dir(root)?;
 
-        let mut known = self.lock();
+        let mut known = self.set();
         if known.len() >= MAX_KNOWN {
             known.clear();
         }
@@ -127,7 +125,7 @@ impl KnownMailboxes {
     }
 
     pub(super) fn forget(&self, mailboxes: &[PathBuf]) {
-        let mut known = self.lock();
+        let mut known = self.set();
         for mailbox in mailboxes {
             known.remove(mailbox);
         }

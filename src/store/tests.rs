@@ -474,10 +474,3 @@ fn cleaner_removes_only_old_tmp_files() {
         0
     );
 }
-
-#[test]
-fn stores_are_sendable() {
-    fn assert_send<T: Send>() {}
-    assert_send::<Store>();
-    assert_send::<super::Delivery>();
-}

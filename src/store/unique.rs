@@ -1,7 +1,7 @@
 //! Unique Maildir file names and log ids.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Process-wide rather than per Store: names are unique only per
 /// (time, pid, counter), and two Stores in one process (say one per thread)
@@ -17,9 +17,7 @@ const BASE62: &[u8; 62] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOP
 /// Time since the epoch; a clock set before 1970 yields zero rather than an
 /// error, since uniqueness still comes from pid and counter.
 pub(super) fn now() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
+    crate::clock::since_epoch()
 }
 
 /// `n` in base62, left-padded with '0' to at least `min_width` digits.

@@ -52,6 +52,24 @@ pub fn version_tuple(v: &str) -> (u32, u32, u32) {
     )
 }
 
+/// Gives a buffer GnuTLS allocated (an exported datum) back to GnuTLS's
+/// allocator, wiping it first when it held a secret.
+fn free_datum(d: ffi::gnutls_datum_t, wipe: bool) {
+    if d.data.is_null() {
+        return;
+    }
+    // SAFETY: GnuTLS allocated d.size bytes at d.data and handed them to us;
+    // gnutls_free is set by the library at load time and never changed.
+    unsafe {
+        if wipe {
+            ffi::gnutls_memset(d.data as *mut std::os::raw::c_void, 0, d.size as usize);
+        }
+        if let Some(free) = ffi::gnutls_free {
+            free(d.data as *mut std::os::raw::c_void);
+        }
+    }
+}
+
 /// Converts a static C string from GnuTLS into `&'static str`.
 fn static_str(ptr: *const std::os::raw::c_char) -> Option<&'static str> {
     if ptr.is_null() {

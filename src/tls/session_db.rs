@@ -6,8 +6,8 @@
 use std::cell::RefCell;
 use std::os::raw::{c_int, c_void};
 use std::rc::Rc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::clock::unix_secs as now;
 use crate::ffi;
 use crate::session_cache::SessionCache;
 
@@ -23,13 +23,6 @@ pub(super) fn attach(raw: ffi::gnutls_session_t, cache: &Rc<RefCell<SessionCache
         ffi::gnutls_db_set_retrieve_function(raw, Some(retrieve));
         ffi::gnutls_db_set_remove_function(raw, Some(remove));
     }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The cache behind a callback pointer, and a datum's bytes.

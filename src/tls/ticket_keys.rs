@@ -15,8 +15,8 @@
 use std::fmt;
 use std::os::raw::c_void;
 
-use super::TlsError;
 use super::client_hello::KEY_NAME_LEN;
+use super::{TlsError, free_datum};
 use crate::ffi;
 
 pub const MASTER_LEN: usize = 64;
@@ -41,7 +41,7 @@ impl MasterKey {
         TlsError::check(rc, "generating a session ticket key")?;
         let mut key = MasterKey::zeroed();
         if datum.data.is_null() || datum.size as usize != MASTER_LEN {
-            free_secret(datum);
+            free_datum(datum, true);
             return Err(TlsError::new(
                 ffi::GNUTLS_E_INTERNAL_ERROR,
                 "unexpected ticket key size",
@@ -50,7 +50,7 @@ impl MasterKey {
         // SAFETY: datum holds exactly MASTER_LEN bytes (checked above).
         let src = unsafe { std::slice::from_raw_parts(datum.data, MASTER_LEN) };
         key.bytes.copy_from_slice(src);
-        free_secret(datum);
+        free_datum(datum, true);
         Ok(key)
     }
 
@@ -116,20 +116,6 @@ fn wipe(bytes: &mut [u8]) {
     // SAFETY: bytes is valid for writes of its length; gnutls_memset is a
     // memset the optimiser cannot remove.
     unsafe { ffi::gnutls_memset(bytes.as_mut_ptr() as *mut c_void, 0, bytes.len()) }
-}
-
-fn free_secret(datum: ffi::gnutls_datum_t) {
-    if datum.data.is_null() {
-        return;
-    }
-    // SAFETY: GnuTLS allocated size bytes at data; wipe them, then give them
-    // back to GnuTLS's allocator.
-    unsafe {
-        ffi::gnutls_memset(datum.data as *mut c_void, 0, datum.size as usize);
-        if let Some(free) = ffi::gnutls_free {
-            free(datum.data as *mut c_void);
-        }
-    }
 }
 
 struct Held {

@@ -5,8 +5,8 @@
 use std::os::raw::{c_char, c_void};
 use std::ptr;
 
-use super::TlsError;
 use super::credentials::datum;
+use super::{TlsError, free_datum};
 use crate::ffi;
 
 /// A PEM certificate and its PEM private key.
@@ -65,7 +65,7 @@ pub fn leaf(pem: &[u8]) -> Result<(Vec<u8>, String), TlsError> {
     // SAFETY: crt holds a certificate; out receives a gnutls_malloc'd buffer.
     let rc = unsafe { ffi::gnutls_x509_crt_export2(crt.raw, ffi::GNUTLS_X509_FMT_DER, &mut out) };
     TlsError::check(rc, "exporting the certificate")?;
-    let der = take_datum(out);
+    let der = take_datum(out, false);
     let mut cn = [0u8; 256];
     let mut len = cn.len();
     let oid = ffi::GNUTLS_OID_X520_COMMON_NAME.as_ptr() as *const c_char;
@@ -118,7 +118,7 @@ impl PrivateKey {
             ffi::gnutls_x509_privkey_export2(self.raw, ffi::GNUTLS_X509_FMT_PEM, &mut out)
         };
         TlsError::check(rc, "exporting the private key")?;
-        Ok(take_datum(out))
+        Ok(take_datum(out, true))
     }
 }
 
@@ -224,7 +224,7 @@ impl Certificate {
         let rc =
             unsafe { ffi::gnutls_x509_crt_export2(self.raw, ffi::GNUTLS_X509_FMT_PEM, &mut out) };
         TlsError::check(rc, "exporting the certificate")?;
-        Ok(take_datum(out))
+        Ok(take_datum(out, false))
     }
 }
 
@@ -242,19 +242,14 @@ fn empty_datum() -> ffi::gnutls_datum_t {
     }
 }
 
-/// Copies a GnuTLS-allocated datum into a Vec and frees the original.
-fn take_datum(d: ffi::gnutls_datum_t) -> Vec<u8> {
+/// Copies a GnuTLS-allocated datum into a Vec and frees the original
+/// (wiped first when it holds a `secret`).
+fn take_datum(d: ffi::gnutls_datum_t, secret: bool) -> Vec<u8> {
     if d.data.is_null() {
         return Vec::new();
     }
     // SAFETY: GnuTLS filled data with size bytes.
     let bytes = unsafe { std::slice::from_raw_parts(d.data, d.size as usize) }.to_vec();
-    // SAFETY: gnutls_free is GnuTLS's deallocator for buffers it returned;
-    // it is set at library load and never changed by us.
-    unsafe {
-        if let Some(free) = ffi::gnutls_free {
-            free(d.data as *mut c_void);
-        }
-    }
+    free_datum(d, secret);
     bytes
 }
