@@ -1,20 +1,9 @@
 //! gsmtpd: an SMTP server with STARTTLS and implicit TLS over GnuTLS.
 
-mod clock;
-mod config;
-mod default_cert;
-mod ffi;
-mod hostlist;
-mod received;
-mod server;
-mod session_cache;
-mod smtp;
-mod store;
-mod tls;
-
 use std::process::ExitCode;
 
-use config::Command;
+use gsmtpd::config::{self, Command};
+use gsmtpd::{server, tls};
 
 /// The oldest GnuTLS gsmtpd runs with; the build refuses older headers,
 /// this catches an older library at run time.

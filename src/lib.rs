@@ -1,0 +1,17 @@
+//! gsmtpd: an SMTP server with STARTTLS and implicit TLS over GnuTLS.
+//!
+//! The binary (`src/main.rs`) parses the command line and runs the server;
+//! the library exposes the layers so that fuzz targets and benchmarks can
+//! drive them directly.
+
+pub mod clock;
+pub mod config;
+pub mod default_cert;
+pub mod ffi;
+pub mod hostlist;
+pub mod received;
+pub mod server;
+pub mod session_cache;
+pub mod smtp;
+pub mod store;
+pub mod tls;
