@@ -28,6 +28,8 @@ pub struct Timeouts {
     pub command: Duration,
     /// Waiting for the next block of message data (RFC 5321: 3 minutes).
     pub data: Duration,
+    /// The whole of one message's data, however it trickles in.
+    pub message: Duration,
     /// A whole TLS handshake; GnuTLS has no timeout of its own.
     pub handshake: Duration,
     /// How long SIGTERM waits for transactions in progress.
@@ -64,6 +66,8 @@ pub struct Config {
     pub pipe_connect_hosts: HostList,
     pub max_message_size: u64,
     pub max_connections: usize,
+    /// Concurrent connections from one client address.
+    pub max_per_ip: usize,
     pub max_recipients: usize,
     pub timeouts: Timeouts,
 }
@@ -181,6 +185,18 @@ fn options() -> Options {
         "max-connections",
         "concurrent connections; beyond it 421 (default 1000)",
         "N",
+    );
+    o.optopt(
+        "",
+        "max-per-ip",
+        "concurrent connections from one address; beyond it 421 (default 20)",
+        "N",
+    );
+    o.optopt(
+        "",
+        "message-timeout",
+        "seconds for the whole data of one message (default 1800)",
+        "SECONDS",
     );
     o.optopt(
         "",
@@ -310,10 +326,12 @@ fn build(m: &Matches) -> Result<Config, UsageError> {
         pipe_connect_hosts,
         max_message_size: number(m, "max-message-size", 52_428_800, 1)?,
         max_connections: number(m, "max-connections", 1000, 1)?,
+        max_per_ip: number(m, "max-per-ip", 20, 1)?,
         max_recipients: number(m, "max-recipients", 100, 1)?,
         timeouts: Timeouts {
             command: seconds(m, "command-timeout", 300)?,
             data: seconds(m, "data-timeout", 180)?,
+            message: seconds(m, "message-timeout", 1800)?,
             handshake: seconds(m, "handshake-timeout", 60)?,
             shutdown: seconds(m, "shutdown-timeout", 30)?,
         },

@@ -132,7 +132,66 @@ fn connections_beyond_the_limit_get_421() {
     server.wait_log("closed by QUIT");
     let mut d = Plain::connect(server.plain[0]);
     d.expect("220");
-    server.wait_log("too many connections");
+    server.wait_log("Too many connections (limit 2)");
+}
+
+#[test]
+fn connections_beyond_the_per_address_limit_get_421() {
+    let server = Server::with_args(&["--max-per-ip", "2"]);
+    let mut a = Plain::connect(server.plain[0]);
+    a.expect("220");
+    let mut b = Plain::connect(server.plain[0]);
+    b.expect("220");
+    let mut c = Plain::connect(server.plain[0]);
+    c.expect("421 4.7.0");
+    assert!(c.closed());
+    server.wait_log("Too many connections from your address (limit 2)");
+    a.command("QUIT", "221");
+    drop(a);
+    server.wait_log("closed by QUIT");
+    Plain::connect(server.plain[0]).expect("220");
+}
+
+#[test]
+fn a_client_trickling_bytes_is_cut_off_at_the_total_deadline() {
+    let server = Server::with_args(&["--command-timeout", "2", "--message-timeout", "3"]);
+    // One byte every 400 ms keeps the idle timer from firing; the total
+    // deadline for the command line must.
+    let mut c = Plain::connect(server.plain[0]);
+    c.expect("220");
+    let start = std::time::Instant::now();
+    for b in "EHLO slow.client.test and more and more".bytes() {
+        if std::io::Write::write_all(&mut c.stream, &[b]).is_err()
+            || start.elapsed() > Duration::from_secs(6)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    c.expect("421 4.4.2");
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        start.elapsed()
+    );
+
+    // The same inside DATA: each line comes well within the data timeout,
+    // the message as a whole does not.
+    let mut c = Plain::connect(server.plain[0]);
+    c.expect("220");
+    c.command("EHLO client.test", "250");
+    c.command("MAIL FROM:<a@client.test>", "250");
+    c.command("RCPT TO:<lee@example.org>", "250");
+    c.command("DATA", "354");
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(6) {
+        if std::io::Write::write_all(&mut c.stream, b"x\r\n").is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    c.expect("421 4.4.2");
+    assert!(server.mailbox("lee").is_empty());
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::mem;
 use std::net::{Shutdown, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
@@ -82,6 +82,10 @@ pub struct Conn {
     /// Input that arrives while this is false came before the client could
     /// have seen our banner (early pipelining, or a synchronisation error).
     banner_sent: bool,
+    /// When the command line in progress, or the message data in progress,
+    /// began: each has a total deadline besides the idle timeout.
+    line_since: Option<Instant>,
+    message_since: Option<Instant>,
 }
 
 type Step = Result<(), Close>;
@@ -120,6 +124,8 @@ impl Conn {
             closing: None,
             read_paused: false,
             banner_sent: false,
+            line_since: None,
+            message_since: None,
         };
         conn.set_deadline(shared, timeout);
         conn
@@ -368,11 +374,7 @@ impl Conn {
             self.banner_sent = true;
             self.smtp.early_input(bytes, &mut sink)
         };
-        let timeout = match self.smtp.phase() {
-            Phase::Command => shared.timeouts.command,
-            Phase::Data => shared.timeouts.data,
-        };
-        self.set_deadline(shared, timeout);
+        self.rearm(shared);
         match next {
             Next::Continue if shared.shutting_down && !self.smtp.in_transaction() => {
                 self.smtp.shutting_down();
@@ -476,12 +478,39 @@ impl Conn {
         self.pre_tls.len() + self.smtp.output().len() + tls
     }
 
+    /// After input: the idle timeout of the current phase, bounded by the
+    /// total allowed for the command line or message in progress, so that
+    /// a client trickling a byte every few seconds (slowloris) still ends.
+    fn rearm(&mut self, shared: &mut Shared) {
+        let now = shared.now;
+        let t = &shared.timeouts;
+        let data = self.smtp.phase() == Phase::Data;
+        self.line_since = self
+            .smtp
+            .mid_command()
+            .then(|| self.line_since.unwrap_or(now));
+        self.message_since = data.then(|| self.message_since.unwrap_or(now));
+        let idle = if data { t.data } else { t.command };
+        let mut at = now + idle;
+        if let Some(since) = self.line_since {
+            at = at.min(since + t.command);
+        }
+        if let Some(since) = self.message_since {
+            at = at.min(since + t.message);
+        }
+        self.set_deadline_at(shared, at);
+    }
+
     fn set_deadline(&mut self, shared: &mut Shared, timeout: Duration) {
+        let at = shared.now + timeout;
+        self.set_deadline_at(shared, at);
+    }
+
+    fn set_deadline_at(&mut self, shared: &mut Shared, at: Instant) {
         if self.closing.is_some() {
             return;
         }
         let key = self.key;
-        let at = shared.now + timeout;
         shared.timers.set(&mut self.deadline, at, key);
     }
 }

@@ -10,8 +10,9 @@ mod table;
 mod timers;
 mod tls_context;
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,9 @@ pub struct Server {
     conns: Table<Conn>,
     shared: Shared,
     max_connections: usize,
+    max_per_ip: usize,
+    /// Open connections per client address, for --max-per-ip.
+    per_ip: HashMap<IpAddr, usize>,
     next_serial: u64,
     accept_paused_until: Option<Instant>,
     shutdown_deadline: Option<Instant>,
@@ -133,6 +137,8 @@ impl Server {
                 plain: Vec::with_capacity(32 * 1024),
             },
             max_connections: config.max_connections,
+            max_per_ip: config.max_per_ip,
+            per_ip: HashMap::new(),
             next_serial: 0,
             accept_paused_until: None,
             shutdown_deadline: None,
@@ -220,17 +226,26 @@ impl Server {
     }
 
     fn admit(&mut self, mut socket: TcpStream, peer: SocketAddr, kind: Kind) {
-        if self.conns.len() >= self.max_connections {
+        let from_peer = self.per_ip.get(&peer.ip()).copied().unwrap_or(0);
+        let refusal = if self.conns.len() >= self.max_connections {
+            Some(("4.3.2", "Too many connections", self.max_connections))
+        } else if from_peer >= self.max_per_ip {
+            Some((
+                "4.7.0",
+                "Too many connections from your address",
+                self.max_per_ip,
+            ))
+        } else {
+            None
+        };
+        if let Some((code, text, limit)) = refusal {
             log::warn!(
-                "refused connection from [{}]:{}: too many connections ({})",
+                "refused connection from [{}]:{}: {text} (limit {limit})",
                 peer.ip(),
-                peer.port(),
-                self.max_connections
+                peer.port()
             );
-            let reply = format!(
-                "421 4.3.2 {} Too many connections, try again later\r\n",
-                self.shared.smtp_config.hostname
-            );
+            let host = &self.shared.smtp_config.hostname;
+            let reply = format!("421 {code} {host} {text}, try again later\r\n");
             // Best effort: the socket buffer of a new connection is empty.
             let _ = io::Write::write(&mut socket, reply.as_bytes());
             return;
@@ -267,6 +282,7 @@ impl Server {
             peer.port(),
             self.conns.len() + 1
         );
+        *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
         let slot = self.conns.insert(conn);
         if let Some(close) = self
             .conns
@@ -320,6 +336,12 @@ impl Server {
             return;
         };
         let _ = self.poll.registry().deregister(&mut conn.socket);
+        if let Some(n) = self.per_ip.get_mut(&conn.peer.ip()) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&conn.peer.ip());
+            }
+        }
         let during = if conn.in_transaction() {
             " during a transaction"
         } else {

@@ -41,6 +41,11 @@ impl LineReader {
         self.partial.len()
     }
 
+    /// Part of a command line has arrived and its end has not.
+    pub fn in_line(&self) -> bool {
+        !self.partial.is_empty() || self.skipping
+    }
+
     pub fn clear(&mut self) {
         self.partial = Vec::new();
         self.skipping = false;

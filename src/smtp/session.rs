@@ -162,6 +162,12 @@ impl Smtp {
         }
     }
 
+    /// A command line has begun and not ended: the server bounds the total
+    /// time one line may take (a client trickling bytes is not idle).
+    pub fn mid_command(&self) -> bool {
+        matches!(self.mode, Mode::Command) && self.lines.in_line()
+    }
+
     pub fn in_transaction(&self) -> bool {
         self.txn.is_some()
     }
