@@ -9,6 +9,7 @@ use std::time::Duration;
 use getopts::{Matches, Options};
 
 use crate::hostlist::HostList;
+use crate::privileges::Account;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2525";
 pub const DEFAULT_PRIORITY: &str = "NORMAL:-VERS-TLS1.0:-VERS-TLS1.1";
@@ -70,6 +71,8 @@ pub struct Config {
     pub max_per_ip: usize,
     pub max_recipients: usize,
     pub timeouts: Timeouts,
+    /// Give up root for this account once the listeners are bound.
+    pub user: Option<Account>,
 }
 
 pub enum Command {
@@ -228,6 +231,12 @@ fn options() -> Options {
         "seconds SIGTERM waits for transactions (default 30)",
         "SECONDS",
     );
+    o.optopt(
+        "",
+        "user",
+        "drop root for this user after binding the listeners and loading keys",
+        "NAME",
+    );
     o.optflag("h", "help", "print this help");
     o.optflag(
         "V",
@@ -313,6 +322,10 @@ fn build(m: &Matches) -> Result<Config, UsageError> {
             .unwrap_or_else(|| "*".into()),
     )
     .map_err(|e| UsageError(format!("--pipe-connect-hosts: {e}")))?;
+    let user = match m.opt_str("user") {
+        Some(name) => Some(Account::lookup(&name).map_err(|e| UsageError(format!("--user: {e}")))?),
+        None => None,
+    };
     Ok(Config {
         listen,
         listen_tls,
@@ -335,6 +348,7 @@ fn build(m: &Matches) -> Result<Config, UsageError> {
             handshake: seconds(m, "handshake-timeout", 60)?,
             shutdown: seconds(m, "shutdown-timeout", 30)?,
         },
+        user,
     })
 }
 
@@ -579,6 +593,63 @@ mod tests {
         assert_eq!(c.certs[0].ocsp, None);
         assert_eq!(c.certs[1].ocsp, Some(PathBuf::from("b.der")));
         assert!(error(&["--ocsp", "x.der"]).starts_with("--ocsp:"));
+    }
+
+    /// Every flag the parser reads is defined (getopts panics otherwise).
+    #[test]
+    fn every_flag_parses() {
+        run(&[
+            "--listen",
+            "127.0.0.1:1",
+            "--listen-tls",
+            "[::1]:2",
+            "--cert",
+            "c",
+            "--key",
+            "k",
+            "--ocsp",
+            "o",
+            "--state-dir",
+            "s",
+            "--maildir",
+            "m",
+            "--domain",
+            "d.example",
+            "--hostname",
+            "h.example",
+            "--tls-priority",
+            "NORMAL",
+            "--ticket-rotation",
+            "1",
+            "--ticket-lifetime",
+            "1",
+            "--no-tickets",
+            "--session-cache",
+            "none",
+            "--pipe-connect-hosts",
+            "*",
+            "--max-message-size",
+            "1",
+            "--max-connections",
+            "1",
+            "--max-per-ip",
+            "1",
+            "--max-recipients",
+            "1",
+            "--command-timeout",
+            "1",
+            "--data-timeout",
+            "1",
+            "--message-timeout",
+            "1",
+            "--handshake-timeout",
+            "1",
+            "--shutdown-timeout",
+            "1",
+            "--user",
+            "root",
+        ])
+        .unwrap();
     }
 
     #[test]

@@ -45,6 +45,11 @@ pub fn ensure(state_dir: &Path, hostname: &str) -> Result<CertPair, String> {
     Ok(pair)
 }
 
+/// The files `ensure` writes, so that a change of user can take them over.
+pub fn files(state_dir: &Path) -> [PathBuf; 2] {
+    [state_dir.join(CERT_FILE), state_dir.join(KEY_FILE)]
+}
+
 fn reusable(pair: &CertPair, hostname: &str, now: i64) -> bool {
     if !pair.key.is_file() {
         return false;

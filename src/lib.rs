@@ -9,6 +9,7 @@ pub mod config;
 pub mod default_cert;
 pub mod ffi;
 pub mod hostlist;
+pub mod privileges;
 pub mod received;
 pub mod server;
 pub mod session_cache;

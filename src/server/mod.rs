@@ -24,6 +24,7 @@ use signal_hook_mio::v1_0::Signals;
 use crate::config::{Config, Timeouts};
 use crate::default_cert;
 use crate::hostlist::HostList;
+use crate::privileges;
 use crate::smtp::SmtpConfig;
 use crate::store::{self, Store};
 use conn::{Close, Conn};
@@ -84,14 +85,7 @@ impl Server {
                 config.state_dir.display()
             )
         })?;
-        let tls = TlsContext::load(config)?;
-        let store = Store::open(&config.maildir, &config.hostname)
-            .map_err(|e| format!("mail store {}: {e}", config.maildir.display()))?;
-        match store::clean_stale_tmp(&config.maildir, store::STALE_TMP_AGE) {
-            Ok(0) => {}
-            Ok(n) => log::info!("removed {n} stale files from the mail store's tmp/ directories"),
-            Err(e) => log::warn!("cleaning stale tmp/ files: {e}"),
-        }
+        let mut tls = TlsContext::load(config)?;
         let poll = Poll::new().map_err(|e| format!("creating the poller: {e}"))?;
         let mut listeners = Vec::new();
         let wanted = config
@@ -113,6 +107,31 @@ impl Server {
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(|e| format!("registering signals: {e}"))?;
+        // Root was needed for the ports and the keys; the rest runs as
+        // --user, which must own what it writes from here on.
+        match &config.user {
+            Some(account) => {
+                privileges::give(&config.state_dir, account)?;
+                for file in default_cert::files(&config.state_dir) {
+                    if file.exists() {
+                        privileges::give(&file, account)?;
+                    }
+                }
+                privileges::drop_to(account)?;
+            }
+            None if privileges::running_as_root() => {
+                privileges::check_store_safe_for_root(&config.maildir)?
+            }
+            None => {}
+        }
+        let store = Store::open(&config.maildir, &config.hostname)
+            .map_err(|e| format!("mail store {}: {e}", config.maildir.display()))?;
+        match store::clean_stale_tmp(&config.maildir, store::STALE_TMP_AGE) {
+            Ok(0) => {}
+            Ok(n) => log::info!("removed {n} stale files from the mail store's tmp/ directories"),
+            Err(e) => log::warn!("cleaning stale tmp/ files: {e}"),
+        }
+        tls.open_cache(config);
         let smtp_config = SmtpConfig {
             hostname: config.hostname.clone(),
             domains: config.domains.clone(),

@@ -49,15 +49,22 @@ impl TlsContext {
             certs: Certs::load(pairs, unix_now() as i64)?,
             priority: Rc::new(priority),
             tickets: ticket_keys(r.tickets, r.ticket_rotation, r.ticket_lifetime)?,
-            cache: r.session_cache.as_ref().map(|path| {
-                let cache_config = CacheConfig {
-                    lifetime_secs: r.ticket_lifetime,
-                    max_rows: CACHE_MAX_ROWS,
-                };
-                Rc::new(RefCell::new(SessionCache::open(path, cache_config)))
-            }),
+            cache: None,
             lifetime: u32::try_from(r.ticket_lifetime).unwrap_or(u32::MAX),
         })
+    }
+
+    /// Opens the TLS 1.2 session cache; done after any change of user, so
+    /// the database belongs to the user that writes it.
+    pub fn open_cache(&mut self, config: &Config) {
+        let r = &config.resumption;
+        self.cache = r.session_cache.as_ref().map(|path| {
+            let cache_config = CacheConfig {
+                lifetime_secs: r.ticket_lifetime,
+                max_rows: CACHE_MAX_ROWS,
+            };
+            Rc::new(RefCell::new(SessionCache::open(path, cache_config)))
+        });
     }
 
     /// A session for a client whose ClientHello is `hello` (None when it
