@@ -87,7 +87,7 @@ pub fn check_store_safe_for_root(maildir: &Path) -> Result<(), String> {
     while let Some(d) = dir {
         if let Ok(meta) = fs::metadata(d) {
             let mode = meta.permissions().mode();
-            // World-writable without the sticky bit (so not /tmp) is unsafe.
+            // World-writable without the sticky bit (so not /tmp) is dangerous.
             if mode & 0o002 != 0 && mode & 0o1000 == 0 || (mode & 0o020 != 0 && meta.gid() != 0) {
                 return Err(format!(
                     "refusing to run as root: the mail store {} is writable by others via {} (mode {:o}); \

@@ -141,7 +141,7 @@ impl TlsContext {
     }
 }
 
-/// The ticket key ring, or None when tickets are off or unsafe with the
+/// The ticket key ring, or None when tickets are off or insecure with the
 /// GnuTLS linked at run time.
 fn ticket_keys(enabled: bool, rotation: u64, lifetime: u64) -> Result<Option<TicketKeys>, String> {
     if !enabled {

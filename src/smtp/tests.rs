@@ -907,7 +907,7 @@ fn rcpt_refusals() {
 
 /// Local-parts become directory names.
 #[test]
-fn rcpt_refuses_unsafe_local_parts() {
+fn rcpt_refuses_dangerous_local_parts() {
     let long = format!("RCPT TO:<{}@example.org>", "a".repeat(65));
     let commands = [
         "RCPT TO:<../etc@example.org>",

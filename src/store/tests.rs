@@ -347,7 +347,7 @@ fn begin_fails_when_a_mailbox_cannot_be_created() {
 }
 
 #[test]
-fn rejects_unsafe_names() {
+fn rejects_dangerous_names() {
     let tmp = TempDir::new();
     let (mut store, root) = store(&tmp);
     let bad = [
