@@ -180,12 +180,15 @@ fn tls_early(mut sock: TcpStream, early: &str) -> (ClientConnection, TcpStream, 
 /// One socket read, decrypted (after tickets, which carry no plaintext).
 fn tls_read(tls: &mut ClientConnection, sock: &mut TcpStream) -> String {
     let mut text = String::new();
-    while text.is_empty() {
+    loop {
+        // Plaintext may already be waiting from an earlier complete_io.
+        let _ = tls.reader().read_to_string(&mut text);
+        if !text.is_empty() {
+            return text;
+        }
         tls.read_tls(sock).unwrap();
         tls.process_new_packets().unwrap();
-        let _ = tls.reader().read_to_string(&mut text);
     }
-    text
 }
 
 #[test]
@@ -238,4 +241,48 @@ fn early_pipelining_on_the_implicit_tls_listener() {
     let sock = TcpStream::connect(server.tls[0]).unwrap();
     let (_tls, _sock, replies) = tls_early(sock, EARLY);
     assert_eq!(replies, "554 5.5.0 SMTP synchronization error\r\n");
+}
+
+/// More injected bytes than one socket read takes: the state machine drops
+/// the rest of its batch, and the connection drains the socket before the
+/// 220 goes out, so none of it reaches the TLS handshake or SMTP.
+#[test]
+fn a_large_injection_after_starttls_is_drained_before_tls_starts() {
+    let server = Server::start();
+    let mut c = Plain::connect(server.plain[0]);
+    c.expect("220");
+    c.command("EHLO client.test", "250");
+    let mut injected = b"STARTTLS\r\n".to_vec();
+    injected.extend(b"NOOP\r\n".repeat(6000));
+    server.signal("STOP");
+    c.stream.write_all(&injected).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    server.signal("CONT");
+    c.expect("220 2.0.0");
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = ClientConnection::new(tls_client(), name).unwrap();
+    let mut sock = c.stream.try_clone().unwrap();
+    tls.writer().write_all(b"EHLO client.test\r\n").unwrap();
+    while tls.is_handshaking() {
+        tls.complete_io(&mut sock).unwrap();
+    }
+    tls.complete_io(&mut sock).unwrap();
+    let reply = tls_read(&mut tls, &mut sock);
+    assert!(
+        reply.starts_with("250-mx.test Hello"),
+        "no reply to any injected NOOP first: {reply}"
+    );
+    let log = server.log();
+    let discarded: usize = log
+        .lines()
+        .filter_map(|l| {
+            l.split("discarded ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(discarded, injected.len() - b"STARTTLS\r\n".len(), "{log}");
 }

@@ -400,7 +400,7 @@ impl Conn {
     /// dropped the rest of its batch, and what is still in the socket is
     /// drained and dropped here, before the 220 goes out.
     fn start_tls(&mut self, shared: &mut Shared) -> Step {
-        let discarded = self.discard_input(shared)?;
+        let discarded = self.discard_input()?;
         if discarded > 0 {
             log::warn!(
                 "discarded {discarded} bytes sent after STARTTLS by [{}]:{}",
@@ -417,10 +417,12 @@ impl Conn {
         self.write_out()
     }
 
-    fn discard_input(&mut self, shared: &mut Shared) -> Result<usize, Close> {
+    fn discard_input(&mut self) -> Result<usize, Close> {
+        // Not the shared read buffer: the caller is reading into it.
+        let mut scratch = [0u8; 4096];
         let mut total = 0;
         loop {
-            match self.socket.read(&mut shared.read_buf) {
+            match self.socket.read(&mut scratch) {
                 Ok(0) => return Err(Close::Lost),
                 Ok(n) => total += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
