@@ -96,18 +96,15 @@ fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::TempDir;
     use std::os::unix::fs::PermissionsExt;
-
-    fn temp_dir(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("gsmtpd-cert-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        dir
-    }
 
     #[test]
     fn made_once_then_reused_and_remade_for_another_name() {
         crate::tls::init().unwrap();
-        let dir = temp_dir("reuse");
+        let tmp = TempDir::new("cert");
+        // Not yet there: ensure() must create it with mode 0700.
+        let dir = tmp.path().join("state");
         let first = ensure(&dir, "mx.example.org").unwrap();
         let key_mode = fs::metadata(&first.key).unwrap().permissions().mode() & 0o777;
         assert_eq!(key_mode, 0o600);
@@ -128,6 +125,5 @@ mod tests {
             pem,
             "remade for the new name"
         );
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

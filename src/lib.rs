@@ -16,3 +16,6 @@ pub mod session_cache;
 pub mod smtp;
 pub mod store;
 pub mod tls;
+
+#[cfg(test)]
+mod test_support;

@@ -107,11 +107,12 @@ pub fn check_store_safe_for_root(maildir: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::TempDir;
 
     #[test]
     fn world_writable_store_is_refused_for_root_and_sticky_tmp_is_not() {
-        let dir = std::env::temp_dir().join(format!("gsmtpd-priv-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let tmp = TempDir::new("priv");
+        let dir = tmp.path().join("store");
         fs::create_dir_all(&dir).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
         assert!(check_store_safe_for_root(&dir).is_ok());
@@ -122,7 +123,6 @@ mod tests {
         assert!(check_store_safe_for_root(&dir.join("mail/not/yet")).is_err());
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
         assert!(check_store_safe_for_root(&dir).is_ok(), "sticky like /tmp");
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

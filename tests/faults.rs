@@ -221,20 +221,7 @@ fn certificate_files_vanishing_keep_the_loaded_credentials() {
     });
     fs::remove_file(dir.join("rsa-key.pem")).unwrap();
     fs::remove_file(dir.join("rsa.ocsp.der")).unwrap();
-    let port = server.port().to_string();
-    let ca = pki_file("ca.pem");
-    let mut c = TlsClient::spawn(
-        "gnutls-cli",
-        &[
-            "--x509cafile",
-            &ca,
-            "--starttls-proto=smtp",
-            "--port",
-            &port,
-            "localhost",
-        ],
-    );
-    c.wait_line("- Handshake was completed");
+    let mut c = starttls_client(&server, &[]);
     c.command("EHLO client.test", "250");
     c.command("QUIT", "221");
     c.finish();

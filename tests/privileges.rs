@@ -65,20 +65,7 @@ fn user_flag_drops_every_root_id_and_delivers_as_that_user() {
     );
     server.wait_log(&format!("running as user {USER}"));
 
-    let port = server.port().to_string();
-    let ca = pki_file("ca.pem");
-    let mut c = TlsClient::spawn(
-        "gnutls-cli",
-        &[
-            "--x509cafile",
-            &ca,
-            "--starttls-proto=smtp",
-            "--port",
-            &port,
-            "localhost",
-        ],
-    );
-    c.wait_line("- Handshake was completed");
+    let mut c = starttls_client(&server, &[]);
     send_message(
         &mut c,
         "a@client.test",

@@ -69,16 +69,7 @@ fn deliver_and_check(server: &Server, mut client: TlsClient, version: &str) {
 }
 
 fn starttls(server: &Server, priority: &str) -> TlsClient {
-    let port = server.port().to_string();
-    let mut c = TlsClient::gnutls(&[
-        "--starttls-proto=smtp",
-        "--port",
-        &port,
-        priority,
-        "localhost",
-    ]);
-    c.wait_line("- Handshake was completed");
-    c
+    starttls_client(server, &[priority])
 }
 
 fn implicit(server: &Server, priority: &str) -> TlsClient {

@@ -232,6 +232,11 @@ impl Conn {
             let _ = self.socket.shutdown(Shutdown::Write);
             return self.closing.take();
         }
+        if let Tls::Established(new) = &mut self.tls
+            && self.pre_tls.is_empty()
+        {
+            new.session.release_idle_buffers();
+        }
         None
     }
 

@@ -3,42 +3,22 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use rusqlite::Connection;
+
+use crate::test_support::TempDir;
 
 use super::db::{SCHEMA_VERSION, sidecar};
 use super::{CacheConfig, MAX_KEY_LEN, MAX_VALUE_LEN, REOPEN_INTERVAL_SECS, SessionCache};
 
-/// A directory removed again when the test ends.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let path = std::env::temp_dir().join(format!(
-            "gsmtpd-session-cache-test-{}-{}-{nanos}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn db(&self) -> PathBuf {
-        self.0.join("sessions.db")
-    }
+/// A fresh directory for one test.
+fn temp_dir() -> TempDir {
+    TempDir::new("session-cache-test")
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+fn db(tmp: &TempDir) -> PathBuf {
+    tmp.path().join("sessions.db")
 }
 
 /// Records log lines per thread, since tests run on parallel threads.
@@ -131,8 +111,8 @@ fn assert_all_misses(cache: &mut SessionCache, now: u64) {
 
 #[test]
 fn store_and_retrieve_round_trip() {
-    let tmp = TempDir::new();
-    let mut cache = SessionCache::open(&tmp.db(), CONFIG);
+    let tmp = temp_dir();
+    let mut cache = SessionCache::open(&db(&tmp), CONFIG);
     assert!(cache.is_enabled());
     assert_eq!(cache.len(), 0);
     assert!(cache.store(b"id-1", b"secret one", T0));
@@ -158,8 +138,8 @@ fn store_and_retrieve_round_trip() {
 
 #[test]
 fn remove_deletes_only_the_key() {
-    let tmp = TempDir::new();
-    let mut cache = SessionCache::open(&tmp.db(), CONFIG);
+    let tmp = temp_dir();
+    let mut cache = SessionCache::open(&db(&tmp), CONFIG);
     assert!(cache.store(b"a", b"1", T0));
     assert!(cache.store(b"b", b"2", T0));
     assert!(cache.remove(b"a", T0));
@@ -172,12 +152,12 @@ fn remove_deletes_only_the_key() {
 
 #[test]
 fn expiry_boundary_is_exclusive() {
-    let tmp = TempDir::new();
+    let tmp = temp_dir();
     let config = CacheConfig {
         lifetime_secs: 100,
         max_rows: 10,
     };
-    let mut cache = SessionCache::open(&tmp.db(), config);
+    let mut cache = SessionCache::open(&db(&tmp), config);
     assert!(cache.store(b"k", b"v", T0));
     assert_eq!(cache.retrieve(b"k", T0).as_deref(), Some(&b"v"[..]));
     assert_eq!(cache.retrieve(b"k", T0 + 99).as_deref(), Some(&b"v"[..]));
@@ -191,24 +171,24 @@ fn expiry_boundary_is_exclusive() {
 
 #[test]
 fn zero_lifetime_caches_nothing() {
-    let tmp = TempDir::new();
+    let tmp = temp_dir();
     let config = CacheConfig {
         lifetime_secs: 0,
         max_rows: 10,
     };
-    let mut cache = SessionCache::open(&tmp.db(), config);
+    let mut cache = SessionCache::open(&db(&tmp), config);
     assert!(cache.store(b"k", b"v", T0));
     assert_eq!(cache.retrieve(b"k", T0), None);
 }
 
 #[test]
 fn huge_lifetime_saturates_instead_of_wrapping() {
-    let tmp = TempDir::new();
+    let tmp = temp_dir();
     let config = CacheConfig {
         lifetime_secs: u64::MAX,
         max_rows: 10,
     };
-    let mut cache = SessionCache::open(&tmp.db(), config);
+    let mut cache = SessionCache::open(&db(&tmp), config);
     assert!(cache.store(b"k", b"v", T0));
     // Times beyond SQLite's integers are clamped, so "forever" ends there.
     let last_second = i64::MAX.unsigned_abs() - 1;
@@ -220,8 +200,8 @@ fn huge_lifetime_saturates_instead_of_wrapping() {
 
 #[test]
 fn rejects_bad_sizes() {
-    let tmp = TempDir::new();
-    let mut cache = SessionCache::open(&tmp.db(), CONFIG);
+    let tmp = temp_dir();
+    let mut cache = SessionCache::open(&db(&tmp), CONFIG);
     let long_key = vec![7u8; MAX_KEY_LEN + 1];
     let max_key = vec![7u8; MAX_KEY_LEN];
     let big_value = vec![1u8; MAX_VALUE_LEN + 1];
@@ -240,12 +220,12 @@ fn rejects_bad_sizes() {
 
 #[test]
 fn eviction_keeps_the_newest_max_rows() {
-    let tmp = TempDir::new();
+    let tmp = temp_dir();
     let config = CacheConfig {
         lifetime_secs: 3600,
         max_rows: 5,
     };
-    let mut cache = SessionCache::open(&tmp.db(), config);
+    let mut cache = SessionCache::open(&db(&tmp), config);
     for n in 0..8 {
         assert!(cache.store(&key(n), b"v", T0 + u64::from(n)));
     }
@@ -260,12 +240,12 @@ fn eviction_keeps_the_newest_max_rows() {
 
 #[test]
 fn eviction_breaks_ties_by_insertion_order() {
-    let tmp = TempDir::new();
+    let tmp = temp_dir();
     let config = CacheConfig {
         lifetime_secs: 3600,
         max_rows: 3,
     };
-    let mut cache = SessionCache::open(&tmp.db(), config);
+    let mut cache = SessionCache::open(&db(&tmp), config);
     for n in 0..5 {
         assert!(cache.store(&key(n), b"v", T0));
     }
@@ -277,12 +257,12 @@ fn eviction_breaks_ties_by_insertion_order() {
 
 #[test]
 fn replacing_a_key_does_not_evict_others() {
-    let tmp = TempDir::new();
+    let tmp = temp_dir();
     let config = CacheConfig {
         lifetime_secs: 3600,
         max_rows: 3,
     };
-    let mut cache = SessionCache::open(&tmp.db(), config);
+    let mut cache = SessionCache::open(&db(&tmp), config);
     assert!(cache.store(&key(0), b"v", T0));
     assert!(cache.store(&key(1), b"v", T0));
     for t in 0..20 {
@@ -295,24 +275,24 @@ fn replacing_a_key_does_not_evict_others() {
 
 #[test]
 fn zero_max_rows_stores_nothing() {
-    let tmp = TempDir::new();
+    let tmp = temp_dir();
     let config = CacheConfig {
         lifetime_secs: 3600,
         max_rows: 0,
     };
-    let mut cache = SessionCache::open(&tmp.db(), config);
+    let mut cache = SessionCache::open(&db(&tmp), config);
     assert!(!cache.store(b"k", b"v", T0));
     assert_eq!(cache.len(), 0);
 }
 
 #[test]
 fn purge_counts_expired_rows() {
-    let tmp = TempDir::new();
+    let tmp = temp_dir();
     let config = CacheConfig {
         lifetime_secs: 10,
         max_rows: 100,
     };
-    let mut cache = SessionCache::open(&tmp.db(), config);
+    let mut cache = SessionCache::open(&db(&tmp), config);
     for n in 0..3 {
         assert!(cache.store(&key(n), b"v", T0));
     }
@@ -329,18 +309,18 @@ fn purge_counts_expired_rows() {
 
 #[test]
 fn count_resyncs_after_outside_writes() {
-    let tmp = TempDir::new();
+    let tmp = temp_dir();
     let config = CacheConfig {
         lifetime_secs: 3600,
         max_rows: 3,
     };
-    let mut cache = SessionCache::open(&tmp.db(), config);
+    let mut cache = SessionCache::open(&db(&tmp), config);
     for n in 0..3 {
         assert!(cache.store(&key(n), b"v", T0));
     }
     // Someone else empties the table; purge notices, so the next stores do
     // not evict rows on the strength of a stale count.
-    Connection::open(tmp.db())
+    Connection::open(db(&tmp))
         .unwrap()
         .execute("DELETE FROM sessions", [])
         .unwrap();
@@ -353,8 +333,8 @@ fn count_resyncs_after_outside_writes() {
 
 #[test]
 fn creates_files_with_mode_0600() {
-    let tmp = TempDir::new();
-    let path = tmp.db();
+    let tmp = temp_dir();
+    let path = db(&tmp);
     let mut cache = SessionCache::open(&path, CONFIG);
     assert!(cache.store(b"k", b"v", T0));
     assert_eq!(mode(&path), 0o600);
@@ -367,8 +347,8 @@ fn creates_files_with_mode_0600() {
 
 #[test]
 fn narrows_the_mode_of_existing_files() {
-    let tmp = TempDir::new();
-    let path = tmp.db();
+    let tmp = temp_dir();
+    let path = db(&tmp);
     drop(SessionCache::open(&path, CONFIG));
     fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
     // Leave WAL files behind with wide modes, as a crashed older run might.
@@ -390,8 +370,8 @@ fn narrows_the_mode_of_existing_files() {
 
 #[test]
 fn reopening_keeps_rows() {
-    let tmp = TempDir::new();
-    let path = tmp.db();
+    let tmp = temp_dir();
+    let path = db(&tmp);
     {
         let mut cache = SessionCache::open(&path, CONFIG);
         for n in 0..4 {
@@ -410,8 +390,8 @@ fn reopening_keeps_rows() {
 
 #[test]
 fn unknown_schema_is_reset() {
-    let tmp = TempDir::new();
-    let path = tmp.db();
+    let tmp = temp_dir();
+    let path = db(&tmp);
     {
         let other = Connection::open(&path).unwrap();
         other
@@ -454,8 +434,8 @@ fn unknown_schema_is_reset() {
 
 #[test]
 fn directory_in_place_of_the_file_disables() {
-    let tmp = TempDir::new();
-    let path = tmp.db();
+    let tmp = temp_dir();
+    let path = db(&tmp);
     fs::create_dir(&path).unwrap();
     let logging = capture_logs();
     let mut cache = SessionCache::open(&path, CONFIG);
@@ -473,8 +453,8 @@ fn directory_in_place_of_the_file_disables() {
 
 #[test]
 fn missing_directory_disables() {
-    let tmp = TempDir::new();
-    let path = tmp.0.join("no-such-dir").join("sessions.db");
+    let tmp = temp_dir();
+    let path = tmp.path().join("no-such-dir").join("sessions.db");
     let logging = capture_logs();
     let mut cache = SessionCache::open(&path, CONFIG);
     assert!(!cache.is_enabled());
@@ -488,8 +468,8 @@ fn missing_directory_disables() {
 
 #[test]
 fn corrupt_file_disables_and_is_left_alone() {
-    let tmp = TempDir::new();
-    let path = tmp.db();
+    let tmp = temp_dir();
+    let path = db(&tmp);
     fs::write(&path, garbage()).unwrap();
     let logging = capture_logs();
     let mut cache = SessionCache::open(&path, CONFIG);
@@ -507,8 +487,8 @@ fn corrupt_file_disables_and_is_left_alone() {
 
 #[test]
 fn database_locked_at_open_disables_quickly_then_recovers() {
-    let tmp = TempDir::new();
-    let path = tmp.db();
+    let tmp = temp_dir();
+    let path = db(&tmp);
     {
         let mut cache = SessionCache::open(&path, CONFIG);
         assert!(cache.store(b"old", b"v", T0));
@@ -553,8 +533,8 @@ fn database_locked_at_open_disables_quickly_then_recovers() {
 
 #[test]
 fn database_locked_while_running_is_a_miss_not_a_failure() {
-    let tmp = TempDir::new();
-    let path = tmp.db();
+    let tmp = temp_dir();
+    let path = db(&tmp);
     let mut cache = SessionCache::open(&path, CONFIG);
     assert!(cache.store(b"before", b"v", T0));
     let locker = Connection::open(&path).unwrap();
@@ -601,8 +581,8 @@ fn database_locked_while_running_is_a_miss_not_a_failure() {
 
 #[test]
 fn removed_file_is_recreated() {
-    let tmp = TempDir::new();
-    let path = tmp.db();
+    let tmp = temp_dir();
+    let path = db(&tmp);
     let mut cache = SessionCache::open(&path, CONFIG);
     assert!(cache.store(b"k", b"v", T0));
     fs::remove_file(&path).unwrap();
@@ -625,8 +605,8 @@ fn removed_file_is_recreated() {
 
 #[test]
 fn file_replaced_by_garbage_disables_then_recovers_when_fixed() {
-    let tmp = TempDir::new();
-    let path = tmp.db();
+    let tmp = temp_dir();
+    let path = db(&tmp);
     let mut cache = SessionCache::open(&path, CONFIG);
     assert!(cache.store(b"k", b"v", T0));
     fs::remove_file(&path).unwrap();
@@ -659,8 +639,8 @@ fn file_replaced_by_garbage_disables_then_recovers_when_fixed() {
 
 #[test]
 fn corruption_found_by_an_operation_disables() {
-    let tmp = TempDir::new();
-    let path = tmp.db();
+    let tmp = temp_dir();
+    let path = db(&tmp);
     let config = CacheConfig {
         lifetime_secs: 3600,
         max_rows: 10_000,
@@ -703,8 +683,8 @@ fn corruption_found_by_an_operation_disables() {
 
 #[test]
 fn table_dropped_under_us_is_recreated_on_retry() {
-    let tmp = TempDir::new();
-    let path = tmp.db();
+    let tmp = temp_dir();
+    let path = db(&tmp);
     let mut cache = SessionCache::open(&path, CONFIG);
     assert!(cache.store(b"k", b"v", T0));
     Connection::open(&path)
@@ -725,8 +705,8 @@ fn table_dropped_under_us_is_recreated_on_retry() {
 
 #[test]
 fn disabled_cache_warns_rarely_and_retries_once_a_minute() {
-    let tmp = TempDir::new();
-    let path = tmp.db();
+    let tmp = temp_dir();
+    let path = db(&tmp);
     fs::write(&path, garbage()).unwrap();
     let mut cache = SessionCache::open(&path, CONFIG);
     assert_eq!(cache.warnings, 1);
@@ -742,8 +722,8 @@ fn disabled_cache_warns_rarely_and_retries_once_a_minute() {
 
 #[test]
 fn clock_going_backwards_does_not_stall_or_burst() {
-    let tmp = TempDir::new();
-    let path = tmp.db();
+    let tmp = temp_dir();
+    let path = db(&tmp);
     fs::write(&path, garbage()).unwrap();
     let mut cache = SessionCache::open(&path, CONFIG);
     assert_eq!(cache.retrieve(b"k", T0), None);
@@ -760,8 +740,8 @@ fn clock_going_backwards_does_not_stall_or_burst() {
 
 #[test]
 fn logs_never_contain_keys_or_values() {
-    let tmp = TempDir::new();
-    let path = tmp.db();
+    let tmp = temp_dir();
+    let path = db(&tmp);
     let logging = capture_logs();
     let mut cache = SessionCache::open(&path, CONFIG);
     let secret_key = b"KEYKEYKEY-0123456789";

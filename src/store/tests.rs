@@ -3,40 +3,16 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
+
+use crate::test_support::TempDir;
 
 use super::unique;
 use super::{STALE_TMP_AGE, Store, clean_stale_tmp};
 
-/// A directory removed again when the test ends.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let path = std::env::temp_dir().join(format!(
-            "gsmtpd-store-test-{}-{}-{nanos}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+/// A fresh directory for one test.
+fn temp_dir() -> TempDir {
+    TempDir::new("store-test")
 }
 
 fn mb(domain: &str, local: &str) -> (String, String) {
@@ -75,7 +51,7 @@ fn deliver(store: &mut Store, mailboxes: &[(String, String)], chunks: &[&[u8]]) 
 
 #[test]
 fn stores_exact_bytes_with_crlf_split_across_writes() {
-    let tmp = TempDir::new();
+    let tmp = temp_dir();
     let (mut store, root) = store(&tmp);
     let chunks: &[&[u8]] = &[
         b"Subject: hi\r",
@@ -109,7 +85,7 @@ fn stores_exact_bytes_with_crlf_split_across_writes() {
 
 #[test]
 fn crlf_conversion_is_independent_of_chunking() {
-    let tmp = TempDir::new();
+    let tmp = temp_dir();
     let (mut store, _root) = store(&tmp);
     let body: &[u8] = b"a\r\nb\r\r\n\rc\n\r\r\r\nd\r";
     let expected: Vec<u8> = [HEADER, b"a\nb\r\n\rc\n\r\r\nd\r"].concat();
@@ -132,7 +108,7 @@ fn crlf_conversion_is_independent_of_chunking() {
 
 #[test]
 fn large_message_round_trips() {
-    let tmp = TempDir::new();
+    let tmp = temp_dir();
     let (mut store, _root) = store(&tmp);
     let line = b"0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ\r\n";
     let wire: Vec<u8> = line.repeat(10_000);
@@ -169,7 +145,7 @@ impl ReplaceCrlf for Vec<u8> {
 
 #[test]
 fn header_only_message() {
-    let tmp = TempDir::new();
+    let tmp = temp_dir();
     let (mut store, _root) = store(&tmp);
     let paths = deliver(&mut store, &[mb("example.com", "empty")], &[]);
     assert_eq!(fs::read(&paths[0]).unwrap(), HEADER);
@@ -177,7 +153,7 @@ fn header_only_message() {
 
 #[test]
 fn one_message_to_three_mailboxes_is_hard_linked() {
-    let tmp = TempDir::new();
+    let tmp = temp_dir();
     let (mut store, root) = store(&tmp);
     let boxes = [
         mb("example.com", "alice"),
@@ -206,7 +182,7 @@ fn one_message_to_three_mailboxes_is_hard_linked() {
 
 #[test]
 fn duplicate_recipients_get_one_copy() {
-    let tmp = TempDir::new();
+    let tmp = temp_dir();
     let (mut store, root) = store(&tmp);
     let boxes = [
         mb("example.com", "alice"),
@@ -223,7 +199,7 @@ fn duplicate_recipients_get_one_copy() {
 
 #[test]
 fn modes_of_directories_and_files() {
-    let tmp = TempDir::new();
+    let tmp = temp_dir();
     // A root two levels below an existing directory: both get created.
     let root = tmp.path().join("var/Maildir");
     let mut store = Store::open(&root, "mx").unwrap();
@@ -251,7 +227,7 @@ fn modes_of_directories_and_files() {
 
 #[test]
 fn utf8_local_part() {
-    let tmp = TempDir::new();
+    let tmp = temp_dir();
     let (mut store, root) = store(&tmp);
     let paths = deliver(&mut store, &[mb("example.com", "jöhn.dœ+tag")], &[b"x\r\n"]);
     assert_eq!(
@@ -262,7 +238,7 @@ fn utf8_local_part() {
 
 #[test]
 fn dropped_delivery_leaves_nothing() {
-    let tmp = TempDir::new();
+    let tmp = temp_dir();
     let (mut store, root) = store(&tmp);
     let boxes = [mb("example.com", "alice"), mb("example.org", "bob")];
     let mut d = store.begin(&boxes, HEADER).unwrap();
@@ -296,7 +272,7 @@ fn all_message_files(root: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn commit_failure_leaves_nothing_and_recovers() {
-    let tmp = TempDir::new();
+    let tmp = temp_dir();
     let (mut store, root) = store(&tmp);
     let boxes = [
         mb("example.com", "alice"),
@@ -331,7 +307,7 @@ fn commit_failure_leaves_nothing_and_recovers() {
 
 #[test]
 fn begin_fails_when_a_mailbox_cannot_be_created() {
-    let tmp = TempDir::new();
+    let tmp = temp_dir();
     let (mut store, root) = store(&tmp);
     fs::create_dir_all(root.join("example.com/bob")).unwrap();
     fs::write(root.join("example.com/bob/new"), b"").unwrap();
@@ -348,7 +324,7 @@ fn begin_fails_when_a_mailbox_cannot_be_created() {
 
 #[test]
 fn rejects_dangerous_names() {
-    let tmp = TempDir::new();
+    let tmp = temp_dir();
     let (mut store, root) = store(&tmp);
     let bad = [
         mb("example.com", ""),
@@ -376,7 +352,7 @@ fn rejects_dangerous_names() {
 
 #[test]
 fn names_are_unique_across_many_deliveries() {
-    let tmp = TempDir::new();
+    let tmp = temp_dir();
     let (mut store, root) = store(&tmp);
     let boxes = [mb("example.com", "many")];
     let mut seen = HashSet::new();
@@ -406,7 +382,7 @@ fn names_are_unique_across_many_deliveries() {
 
 #[test]
 fn hostname_is_escaped_in_file_names() {
-    let tmp = TempDir::new();
+    let tmp = temp_dir();
     let root = tmp.path().join("Maildir");
     let mut store = Store::open(&root, "host/x:y").unwrap();
     let paths = deliver(&mut store, &[mb("example.com", "a")], &[b"x\r\n"]);
@@ -436,7 +412,7 @@ fn maildir_name_and_log_id_format() {
 
 #[test]
 fn cleaner_removes_only_old_tmp_files() {
-    let tmp = TempDir::new();
+    let tmp = temp_dir();
     let (mut store, root) = store(&tmp);
     deliver(&mut store, &[mb("example.com", "alice")], &[b"x\r\n"]);
     deliver(&mut store, &[mb("example.net", "bob")], &[b"x\r\n"]);

@@ -227,6 +227,21 @@ impl ServerSession {
         io.incoming.extend_from_slice(bytes);
     }
 
+    /// Gives back the transport buffers' memory once they are drained:
+    /// a handshake grows them to tens of KiB, and an idle connection
+    /// should not keep that.
+    pub fn release_idle_buffers(&mut self) {
+        const KEEP: usize = 2048;
+        let io = &mut *self.io;
+        if io.read_pos == io.incoming.len() && io.incoming.capacity() > KEEP {
+            io.incoming = Vec::new();
+            io.read_pos = 0;
+        }
+        if io.outgoing.is_empty() && io.outgoing.capacity() > KEEP {
+            io.outgoing = Vec::new();
+        }
+    }
+
     /// Bytes GnuTLS wants sent to the client.
     pub fn pending_output(&self) -> &[u8] {
         &self.io.outgoing

@@ -429,6 +429,18 @@ impl Drop for TlsClient {
     }
 }
 
+/// gnutls-cli through STARTTLS on the server's plain listener, verifying
+/// the test CA, with the handshake done.
+pub fn starttls_client(server: &Server, extra: &[&str]) -> TlsClient {
+    let port = server.port().to_string();
+    let mut args = vec!["--starttls-proto=smtp", "--port", &port];
+    args.extend_from_slice(extra);
+    args.push("localhost");
+    let mut c = TlsClient::gnutls(&args);
+    c.wait_line("- Handshake was completed");
+    c
+}
+
 /// Sends one message through an established SMTP-over-TLS client and
 /// returns the 250 reply.
 pub fn send_message(c: &mut TlsClient, from: &str, to: &[&str], body: &str) -> String {
