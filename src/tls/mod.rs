@@ -2,10 +2,12 @@
 //! server sessions driven over buffers that the event loop owns. All of
 //! gsmtpd's `unsafe` outside `crate::ffi` lives in this module.
 
+pub mod client;
 pub mod client_hello;
 mod credentials;
 mod error;
 pub mod ocsp;
+pub mod pair;
 mod priority;
 mod session;
 mod session_db;
@@ -16,10 +18,11 @@ use std::ffi::CStr;
 
 use crate::ffi;
 
+pub use client::ClientSession;
 pub use credentials::Credentials;
 pub use error::TlsError;
 pub use priority::Priority;
-pub use session::{Handshake, Negotiated, ReadStatus, ServerSession, SessionSetup};
+pub use session::{Endpoint, Handshake, Negotiated, ReadStatus, ServerSession, SessionSetup};
 
 /// Initialises GnuTLS once for the process and returns the version linked
 /// at run time (which can differ from the headers we were built against).

@@ -4,6 +4,7 @@
 //! a file descriptor.
 
 use std::cell::RefCell;
+use std::ops::{Deref, DerefMut};
 use std::os::raw::{c_int, c_uint, c_void};
 use std::ptr;
 use std::rc::Rc;
@@ -74,9 +75,16 @@ pub struct SessionSetup<'a> {
     pub lifetime: u32,
 }
 
-pub struct ServerSession {
-    raw: ffi::gnutls_session_t,
+/// One side of a TLS connection over the in-memory transport: what server
+/// and client sessions share.
+pub struct Endpoint {
+    pub(super) raw: ffi::gnutls_session_t,
     io: Box<Transport>,
+}
+
+pub struct ServerSession {
+    // Declared first so the GnuTLS session is freed before what it uses.
+    ep: Endpoint,
     // Sessions keep their credentials, priorities and cache alive: a
     // reload may replace the server's copies while this session still
     // uses these.
@@ -85,38 +93,43 @@ pub struct ServerSession {
     _cache: Option<Rc<RefCell<SessionCache>>>,
 }
 
+impl Deref for ServerSession {
+    type Target = Endpoint;
+    fn deref(&self) -> &Endpoint {
+        &self.ep
+    }
+}
+
+impl DerefMut for ServerSession {
+    fn deref_mut(&mut self) -> &mut Endpoint {
+        &mut self.ep
+    }
+}
+
 /// Bounds retries on GnuTLS's non-fatal returns so a misbehaving peer
 /// cannot make one call spin.
 const MAX_RETRIES: usize = 16;
 
 impl ServerSession {
     pub fn new(setup: &SessionSetup<'_>) -> Result<ServerSession, TlsError> {
-        let mut raw: ffi::gnutls_session_t = ptr::null_mut();
         // No GNUTLS_ENABLE_EARLY_DATA: 0-RTT data is never accepted.
-        let mut flags = ffi::GNUTLS_SERVER | ffi::GNUTLS_NONBLOCK | ffi::GNUTLS_NO_SIGNAL;
+        let mut flags = ffi::GNUTLS_SERVER;
         if setup.ticket_key.is_none() {
             flags |= ffi::GNUTLS_NO_TICKETS;
         }
         if setup.no_new_tickets {
             flags |= ffi::GNUTLS_NO_AUTO_SEND_TICKET;
         }
-        // SAFETY: raw is a valid out-pointer.
-        let rc = unsafe { ffi::gnutls_init(&mut raw, flags) };
-        TlsError::check(rc, "gnutls_init")?;
         let mut session = ServerSession {
-            raw,
-            io: Box::new(Transport {
-                session: raw,
-                incoming: Vec::new(),
-                read_pos: 0,
-                outgoing: Vec::new(),
-                tickets_sent: Vec::new(),
-            }),
+            ep: Endpoint::new(flags, setup.credentials, setup.priority)?,
             _credentials: Rc::clone(setup.credentials),
             _priority: Rc::clone(setup.priority),
             _cache: setup.cache.cloned(),
         };
-        session.configure()?;
+        // SAFETY: the session is live; clients are not asked for certificates.
+        unsafe {
+            ffi::gnutls_certificate_server_set_request(session.ep.raw, ffi::GNUTLS_CERT_IGNORE)
+        };
         session.configure_resumption(setup)?;
         Ok(session)
     }
@@ -126,9 +139,9 @@ impl ServerSession {
         // SAFETY: raw is a live session; the hook only reads the message and
         // writes into the Transport registered as the session pointer.
         unsafe {
-            ffi::gnutls_db_set_cache_expiration(self.raw, lifetime);
+            ffi::gnutls_db_set_cache_expiration(self.ep.raw, lifetime);
             ffi::gnutls_handshake_set_hook_function(
-                self.raw,
+                self.ep.raw,
                 ffi::GNUTLS_HANDSHAKE_NEW_SESSION_TICKET,
                 ffi::GNUTLS_HOOK_POST as c_int,
                 Some(ticket_hook),
@@ -137,11 +150,11 @@ impl ServerSession {
         if let Some(key) = setup.ticket_key {
             let datum = key.datum();
             // SAFETY: datum points at the 64-byte master, which GnuTLS copies.
-            let rc = unsafe { ffi::gnutls_session_ticket_enable_server(self.raw, &datum) };
+            let rc = unsafe { ffi::gnutls_session_ticket_enable_server(self.ep.raw, &datum) };
             TlsError::check(rc, "gnutls_session_ticket_enable_server")?;
         }
         if let Some(cache) = &self._cache {
-            session_db::attach(self.raw, cache);
+            session_db::attach(self.ep.raw, cache);
         }
         Ok(())
     }
@@ -151,7 +164,7 @@ impl ServerSession {
         // SAFETY: raw is a live session; the datum it returns (if any) is
         // owned by the credentials, which this session keeps alive.
         unsafe {
-            let d = ffi::gnutls_certificate_get_ours(self.raw);
+            let d = ffi::gnutls_certificate_get_ours(self.ep.raw);
             if d.is_null() || (*d).data.is_null() {
                 return None;
             }
@@ -167,7 +180,7 @@ impl ServerSession {
         // SAFETY: buf is writable for len bytes; GnuTLS updates len.
         let rc = unsafe {
             ffi::gnutls_server_name_get(
-                self.raw,
+                self.ep.raw,
                 buf.as_mut_ptr() as *mut c_void,
                 &mut len,
                 &mut kind,
@@ -184,20 +197,54 @@ impl ServerSession {
 
     /// Key names of the tickets sent to the client during the handshake.
     pub fn tickets_sent(&self) -> &[KeyName] {
-        &self.io.tickets_sent
+        &self.ep.io.tickets_sent
+    }
+}
+
+impl Endpoint {
+    /// gnutls_init with `role_flags` (GNUTLS_SERVER or GNUTLS_CLIENT plus
+    /// any others), then priorities, credentials and the transport.
+    pub(super) fn new(
+        role_flags: u32,
+        credentials: &Credentials,
+        priority: &Priority,
+    ) -> Result<Endpoint, TlsError> {
+        let mut raw: ffi::gnutls_session_t = ptr::null_mut();
+        let flags = role_flags | ffi::GNUTLS_NONBLOCK | ffi::GNUTLS_NO_SIGNAL;
+        // SAFETY: raw is a valid out-pointer.
+        let rc = unsafe { ffi::gnutls_init(&mut raw, flags) };
+        TlsError::check(rc, "gnutls_init")?;
+        let mut ep = Endpoint {
+            raw,
+            io: Box::new(Transport {
+                session: raw,
+                incoming: Vec::new(),
+                read_pos: 0,
+                outgoing: Vec::new(),
+                tickets_sent: Vec::new(),
+            }),
+        };
+        ep.configure(credentials, priority)?;
+        Ok(ep)
     }
 
-    fn configure(&mut self) -> Result<(), TlsError> {
+    /// The caller keeps `credentials` and `priority` alive as long as the
+    /// session.
+    fn configure(
+        &mut self,
+        credentials: &Credentials,
+        priority: &Priority,
+    ) -> Result<(), TlsError> {
         let raw = self.raw;
-        // SAFETY: raw is a live session; the priority outlives it (Rc held).
-        let rc = unsafe { ffi::gnutls_priority_set(raw, self._priority.raw()) };
+        // SAFETY: raw is a live session; the priority outlives it.
+        let rc = unsafe { ffi::gnutls_priority_set(raw, priority.raw()) };
         TlsError::check(rc, "gnutls_priority_set")?;
         // SAFETY: as above, for the credentials.
         let rc = unsafe {
             ffi::gnutls_credentials_set(
                 raw,
                 ffi::GNUTLS_CRD_CERTIFICATE,
-                self._credentials.raw() as *mut c_void,
+                credentials.raw() as *mut c_void,
             )
         };
         TlsError::check(rc, "gnutls_credentials_set")?;
@@ -205,7 +252,6 @@ impl ServerSession {
         // SAFETY: raw is live; io points into a Box that lives as long as the
         // session and is only touched by the callbacks while GnuTLS runs.
         unsafe {
-            ffi::gnutls_certificate_server_set_request(raw, ffi::GNUTLS_CERT_IGNORE);
             // The event loop enforces the handshake deadline.
             ffi::gnutls_handshake_set_timeout(raw, 0);
             ffi::gnutls_transport_set_ptr(raw, io as *mut c_void);
@@ -409,7 +455,7 @@ impl ServerSession {
     }
 }
 
-impl Drop for ServerSession {
+impl Drop for Endpoint {
     fn drop(&mut self) {
         // SAFETY: raw came from gnutls_init and is freed exactly once; the
         // transport box is dropped only after this.

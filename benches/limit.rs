@@ -1,0 +1,169 @@
+//! The floor any GnuTLS server pays: server and client sessions, both
+//! GnuTLS through gsmtpd's own wrappers, paired in one process over memory
+//! (no sockets, no event loop, no SMTP). Reports the server-side time per
+//! handshake for TLS 1.3 full/resumed and TLS 1.2 full/ticket/session-ID,
+//! with the ECDSA P-256 and RSA-2048 certificates of scripts/make-test-pki.
+//! Single-threaded, so on an otherwise idle core the time is CPU time.
+//!
+//! cargo bench --bench limit -- --pki DIR [--count N] [--json FILE]
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use gsmtpd::session_cache::{CacheConfig, SessionCache};
+use gsmtpd::tls::ticket_keys::MasterKey;
+use gsmtpd::tls::{ClientSession, Credentials, Priority, ServerSession, SessionSetup, pair};
+
+struct Mode {
+    name: &'static str,
+    priority: &'static str,
+    resume: bool,
+}
+
+const MODES: [Mode; 5] = [
+    Mode {
+        name: "tls1.3 full",
+        priority: "NORMAL:-VERS-ALL:+VERS-TLS1.3",
+        resume: false,
+    },
+    Mode {
+        name: "tls1.3 resumed",
+        priority: "NORMAL:-VERS-ALL:+VERS-TLS1.3",
+        resume: true,
+    },
+    Mode {
+        name: "tls1.2 full",
+        priority: "NORMAL:-VERS-ALL:+VERS-TLS1.2",
+        resume: false,
+    },
+    Mode {
+        name: "tls1.2 ticket",
+        priority: "NORMAL:-VERS-ALL:+VERS-TLS1.2",
+        resume: true,
+    },
+    Mode {
+        name: "tls1.2 session-id",
+        priority: "NORMAL:-VERS-ALL:+VERS-TLS1.2:%NO_TICKETS",
+        resume: true,
+    },
+];
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let Some(pki) = arg("--pki") else {
+        println!("limit: give --pki DIR (made by scripts/make-test-pki) to run; nothing to do");
+        return;
+    };
+    let count: u32 = arg("--count").and_then(|c| c.parse().ok()).unwrap_or(400);
+    if let Err(e) = run(&pki, count, arg("--json")) {
+        eprintln!("limit: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(pki: &str, count: u32, json: Option<String>) -> Result<(), String> {
+    gsmtpd::tls::init().map_err(|e| e.to_string())?;
+    let cache_dir = std::env::temp_dir().join(format!("gsmtpd-limit-{}", std::process::id()));
+    std::fs::create_dir_all(&cache_dir).map_err(|e| e.to_string())?;
+    let cache_config = CacheConfig {
+        lifetime_secs: 3600,
+        max_rows: 100_000,
+    };
+    let cache = Rc::new(RefCell::new(SessionCache::open(
+        &cache_dir.join("sessions.sqlite"),
+        cache_config,
+    )));
+    let key = MasterKey::generate().map_err(|e| e.to_string())?;
+    let client_creds = Rc::new(Credentials::new().map_err(|e| e.to_string())?);
+
+    println!(
+        "GnuTLS {} in-process limit: server time per handshake, {count} handshakes each",
+        gsmtpd::tls::runtime_version()
+    );
+    println!(
+        "{:<8} {:<18} {:>12} {:>10}",
+        "cert", "mode", "server µs", "resumed"
+    );
+    let mut rows = Vec::new();
+    for cert in ["ecdsa", "rsa"] {
+        let read = |f: String| std::fs::read(&f).map_err(|e| format!("{f}: {e}"));
+        let mut creds = Credentials::new().map_err(|e| e.to_string())?;
+        creds
+            .add_pem(
+                &read(format!("{pki}/{cert}.pem"))?,
+                &read(format!("{pki}/{cert}-key.pem"))?,
+            )
+            .map_err(|e| e.to_string())?;
+        let server_creds = Rc::new(creds);
+        for mode in &MODES {
+            let prio = Rc::new(Priority::new(mode.priority).map_err(|e| e.to_string())?);
+            let setup = SessionSetup {
+                credentials: &server_creds,
+                priority: &prio,
+                ticket_key: Some(&key),
+                no_new_tickets: false,
+                cache: Some(&cache),
+                lifetime: 3600,
+            };
+            let (per, resumed) = measure(&setup, &client_creds, &prio, mode.resume, count)?;
+            let us = per.as_secs_f64() * 1e6;
+            println!("{cert:<8} {:<18} {us:>12.0} {resumed:>9.1}%", mode.name);
+            rows.push(format!(
+                "{{\"cert\":\"{cert}\",\"mode\":\"{}\",\"server_us\":{us:.1},\"resumed_pct\":{resumed:.1}}}",
+                mode.name
+            ));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    if let Some(path) = json {
+        std::fs::write(&path, format!("[{}]\n", rows.join(",")))
+            .map_err(|e| format!("{path}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Server time per handshake (after a few warm-up ones) and the share of
+/// handshakes the server reports as resumed.
+fn measure(
+    setup: &SessionSetup<'_>,
+    client_creds: &Rc<Credentials>,
+    prio: &Rc<Priority>,
+    resume: bool,
+    count: u32,
+) -> Result<(Duration, f64), String> {
+    let mut data: Option<Vec<u8>> = None;
+    let (mut total, mut resumed) = (Duration::ZERO, 0u32);
+    let warmup = 10;
+    let started = Instant::now();
+    let mut done = 0;
+    for i in 0..count + warmup {
+        let mut server = ServerSession::new(setup).map_err(|e| e.to_string())?;
+        let offer = if resume { data.as_deref() } else { None };
+        let mut client = ClientSession::new(client_creds, prio, "localhost", offer)
+            .map_err(|e| e.to_string())?;
+        let t = pair::handshake(&mut client, &mut server).map_err(|e| e.to_string())?;
+        if resume && data.is_none() {
+            data = Some(client.session_data().map_err(|e| e.to_string())?);
+        }
+        if i >= warmup {
+            total += t;
+            resumed += u32::from(server.negotiated().resumed);
+            done += 1;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+    }
+    let done = done.max(1);
+    Ok((total / done, f64::from(resumed) * 100.0 / f64::from(done)))
+}
