@@ -66,10 +66,11 @@ impl Smtp {
         bare: bool,
         sink: &mut dyn MessageSink,
     ) {
+        // The run ends at the first bare line end: what precedes it comes first.
+        self.write_content(input.get(step.content).unwrap_or_default(), sink);
         if bare {
             self.fail(Failure::BareEol, sink);
         }
-        self.write_content(input.get(step.content).unwrap_or_default(), sink);
         if step.end {
             self.finish_message(sink);
         }

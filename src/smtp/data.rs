@@ -62,11 +62,17 @@ impl DotDecoder {
         self.bare
     }
 
-    /// Decodes until the end of data, a removed dot, or the end of the input.
+    /// Decodes until the end of data, a removed dot, the first bare CR or
+    /// LF (included), or the end of the input.
     pub fn step(&mut self, input: &[u8]) -> Step {
         let mut start = 0;
         for (i, &byte) in input.iter().enumerate() {
+            let was_bare = self.bare;
             match self.advance(byte) {
+                // The content before the first bare line end is handled
+                // (and counted against the size limit) before it, wherever
+                // the reads split the input: so the same refusal wins.
+                Role::Content if self.bare && !was_bare => return run(start..i + 1, i + 1, false),
                 Role::Content => {}
                 Role::Skipped if i > start => return run(start..i, i + 1, false),
                 Role::Skipped => start = i + 1,

@@ -114,7 +114,8 @@ pub struct SinkError(pub String);
 ///
 /// After `begin`, the engine calls exactly one of `commit` (successful) or
 /// `abort`, except when the connection ends in `timed_out`/`shutting_down`:
-/// then the abort happens in the next `receive` or in [`Smtp::end`].
+/// then the abort happens in the next `receive`, or never, and the sink
+/// discards what it holds when the connection is dropped.
 pub trait MessageSink {
     fn begin(&mut self, envelope: &Envelope) -> Result<(), SinkError>;
     /// Content exactly as it must be stored: dot-unstuffed, CRLF line ends as

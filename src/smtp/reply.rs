@@ -65,6 +65,8 @@ pub(super) const NEED_MAIL: Reply = Reply::fixed(503, "5.5.1 Error: need MAIL co
 pub(super) const NO_RECIPIENTS: Reply = Reply::fixed(503, "5.5.1 Error: No valid recipients");
 pub(super) const DATA_AFTER_BDAT: Reply =
     Reply::fixed(503, "5.5.1 Error: DATA not allowed after BDAT");
+pub(super) const RCPT_AFTER_BDAT: Reply =
+    Reply::fixed(503, "5.5.1 Error: RCPT not allowed after BDAT");
 pub(super) const ALREADY_TLS: Reply = Reply::fixed(503, "5.5.1 TLS already active");
 pub(super) const RELAY_DENIED: Reply = Reply::fixed(550, "5.7.1 Relaying denied");
 pub(super) const TOO_BIG: Reply =

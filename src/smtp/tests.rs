@@ -1963,3 +1963,19 @@ fn pipeconnect_advertised_but_unused_or_not_advertised() {
     }
     assert_eq!(client.sink.committed()[0].envelope.early_pipelining, None);
 }
+
+/// Found by fuzzing: the sink fixes the mailboxes when the first chunk
+/// begins the message, so a later RCPT would be acknowledged and never
+/// delivered (RFC 3030: every RCPT comes before the first BDAT).
+#[test]
+fn rcpt_after_the_first_bdat_chunk_is_refused() {
+    let mut client = Client::in_transaction();
+    client.talk(b"BDAT 3\r\nabc");
+    assert_eq!(
+        client.talk(b"RCPT TO:<late@example.org>\r\n"),
+        "503 5.5.1 Error: RCPT not allowed after BDAT\r\n"
+    );
+    client.talk(b"BDAT 2 LAST\r\nde");
+    let committed = client.sink.committed();
+    assert_eq!(committed[0].envelope.recipients.len(), 1);
+}

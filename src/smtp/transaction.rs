@@ -90,6 +90,9 @@ impl Smtp {
 
     fn add_recipient(&mut self, arg: &str) -> Result<(), Reply> {
         let utf8 = match &self.txn {
+            // The sink took the recipients when the first chunk began the
+            // message (RFC 3030: all RCPTs come before the first BDAT).
+            Some(txn) if txn.envelope.chunking => return Err(reply::RCPT_AFTER_BDAT),
             Some(txn) => txn.envelope.smtputf8,
             None => return Err(reply::NEED_MAIL),
         };
