@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod default_cert;
 pub mod ffi;
+pub mod fuzz_support;
 pub mod hostlist;
 pub mod privileges;
 pub mod received;
