@@ -201,6 +201,44 @@ fn session_cache_deleted_or_corrupted_while_running_costs_no_handshake() {
 }
 
 #[test]
+fn session_cache_locked_by_another_process_costs_no_handshake() {
+    let server = Server::start();
+    let cache = server.state.join("sessions.sqlite");
+    assert!(tls12_session_id_handshake(&server).contains("This is a resumed session"));
+    // Another process holds an exclusive transaction for a few seconds.
+    let script = format!(
+        "import sqlite3, sys, time\n\
+         c = sqlite3.connect({:?}, isolation_level=None)\n\
+         c.execute('BEGIN EXCLUSIVE')\n\
+         print('locked', flush=True)\n\
+         time.sleep(4)\n",
+        cache.display().to_string()
+    );
+    let mut locker = Command::new("python3")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(locker.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
+    let start = std::time::Instant::now();
+    for _ in 0..3 {
+        let out = tls12_session_id_handshake(&server);
+        assert!(out.contains("- Handshake was completed"), "{out}");
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "handshakes waited for the lock"
+    );
+    locker.wait().unwrap();
+}
+
+#[test]
 fn certificate_files_vanishing_keep_the_loaded_credentials() {
     let dir = scratch_dir("vanish");
     for f in ["rsa.pem", "rsa-key.pem", "rsa.ocsp.der"] {
