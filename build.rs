@@ -46,6 +46,7 @@ const FUNCTIONS: &[&str] = &[
     "gnutls_bye",
     "gnutls_alert_get",
     "gnutls_alert_send",
+    "gnutls_alert_send_appropriate",
     "gnutls_alert_get_name",
     // what was negotiated, for the log and the Received header
     "gnutls_protocol_get_version",

@@ -212,3 +212,23 @@ fn openssl_s_client_starttls_delivers() {
     let (header, _) = stored_body(&server.mailbox("carol")[0]);
     assert!(header.starts_with("Return-Path: <>\n"), "{header}");
 }
+
+/// A broken ClientHello gets a fatal TLS alert (decode_error) before the
+/// close, not a silent reset.
+#[test]
+fn a_malformed_client_hello_gets_a_fatal_alert() {
+    use std::io::{Read, Write};
+    let server = Server::start();
+    let mut s = std::net::TcpStream::connect(server.tls[0]).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00")
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = s.read(&mut buf).unwrap();
+    assert_eq!(
+        &buf[..n],
+        b"\x15\x03\x03\x00\x02\x02\x32",
+        "alert record: fatal decode_error"
+    );
+    server.wait_log("closed: TLS handshake");
+}

@@ -306,7 +306,7 @@ impl Endpoint {
             match rc {
                 0 => return Ok(Handshake::Done),
                 ffi::GNUTLS_E_AGAIN => return Ok(Handshake::InProgress),
-                rc if self.is_fatal(rc) => return Err(self.error(rc, "TLS handshake")),
+                rc if self.is_fatal(rc) => return Err(self.fail(rc, "TLS handshake")),
                 _ => continue,
             }
         }
@@ -348,7 +348,7 @@ impl Endpoint {
                     )
                 };
             } else if self.is_fatal(rc) {
-                return Err(self.error(rc, "TLS read"));
+                return Err(self.fail(rc, "TLS read"));
             }
             retries += 1;
             if retries > MAX_RETRIES {
@@ -438,6 +438,16 @@ impl Endpoint {
     fn is_fatal(&self, rc: c_int) -> bool {
         // SAFETY: pure function of its argument.
         rc < 0 && unsafe { ffi::gnutls_error_is_fatal(rc) } != 0
+    }
+
+    /// A fatal error: tell the peer with the alert that fits (queued in the
+    /// output, which the connection writes before closing), then report it.
+    fn fail(&self, rc: c_int, context: &str) -> TlsError {
+        if rc != ffi::GNUTLS_E_FATAL_ALERT_RECEIVED {
+            // SAFETY: raw is a live session; the alert goes to our push callback.
+            unsafe { ffi::gnutls_alert_send_appropriate(self.raw, rc) };
+        }
+        self.error(rc, context)
     }
 
     /// A TlsError that names the alert the client sent, when it sent one.
