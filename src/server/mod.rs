@@ -335,6 +335,12 @@ impl Server {
                 self.remove(key.slot, close);
             }
         }
+        if self.shared.timers.len() > 2 * self.conns.len() + 4096 {
+            self.shared.timers.compact(self.conns.iter_mut().map(|c| {
+                let key = c.key();
+                (&mut c.deadline, key)
+            }));
+        }
         if self.housekeeping_at <= now {
             let due = self.shared.tls.housekeeping();
             let wait = due.saturating_sub(crate::clock::unix_secs()).max(1);

@@ -54,6 +54,10 @@ impl<T> Table<T> {
         self.len == 0
     }
 
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.slots.iter_mut().flatten()
+    }
+
     pub fn slots(&self) -> Vec<usize> {
         (0..self.slots.len())
             .filter(|&i| self.slots[i].is_some())

@@ -78,9 +78,19 @@ impl Timers {
         false
     }
 
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.heap.len()
+    }
+
+    /// Entries of closed connections linger until they come due; when they
+    /// outnumber the live ones, the heap is rebuilt from the live ones.
+    pub fn compact<'a>(&mut self, live: impl Iterator<Item = (&'a mut Deadline, TimerKey)>) {
+        self.heap.clear();
+        for (d, key) in live {
+            d.armed = None;
+            let at = d.at;
+            self.set(d, at, key);
+        }
     }
 }
 
@@ -98,6 +108,31 @@ mod tests {
             fired |= t.expired(d, at, key, now);
         }
         fired
+    }
+
+    #[test]
+    fn compaction_keeps_only_live_deadlines() {
+        let t0 = Instant::now();
+        let mut t = Timers::default();
+        let mut dead = Deadline::new(t0);
+        for slot in 0..100 {
+            t.set(
+                &mut dead,
+                t0 + Duration::from_secs(slot),
+                TimerKey {
+                    slot: slot as usize,
+                    serial: 1,
+                },
+            );
+            dead.armed = None;
+        }
+        let mut live = Deadline::new(t0);
+        t.set(&mut live, t0 + Duration::from_secs(5), KEY);
+        assert_eq!(t.len(), 101);
+        t.compact(std::iter::once((&mut live, KEY)));
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.next_due(), Some(t0 + Duration::from_secs(5)));
+        assert!(fire(&mut t, &mut live, t0 + Duration::from_secs(5)));
     }
 
     #[test]
