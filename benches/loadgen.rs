@@ -56,6 +56,11 @@ struct Opts {
     duration: Duration,
     warmup: u64,
     smtp: bool,
+    /// Messages per connection (implies an SMTP session), each `body`.
+    messages: u32,
+    body: Vec<u8>,
+    pipelining: bool,
+    rcpt: String,
     server_pid: Option<u32>,
     json: Option<String>,
 }
@@ -102,7 +107,7 @@ fn tls_fail(e: rustls::Error) -> Failure {
 }
 
 /// (flag, value hint or "" for a plain flag, help).
-const FLAGS: [(&str, &str, &str); 14] = [
+const FLAGS: [(&str, &str, &str); 18] = [
     ("connect", "HOST:PORT", "target, loopback only"),
     ("mode", "MODE", "implicit (default) or starttls"),
     ("tls", "VER", "TLS version: 1.2 or 1.3 (default)"),
@@ -119,6 +124,26 @@ const FLAGS: [(&str, &str, &str); 14] = [
     ("duration", "SECONDS", "time limit of the run (default 10)"),
     ("warmup", "N", "connections not counted (default 20)"),
     ("smtp", "", "EHLO and QUIT inside TLS after the handshake"),
+    (
+        "messages",
+        "M",
+        "deliver M messages per connection (implies --smtp)",
+    ),
+    (
+        "size",
+        "BYTES",
+        "message size with --messages (default 4096)",
+    ),
+    (
+        "pipelining",
+        "",
+        "send MAIL, RCPT and DATA in one write (RFC 2920)",
+    ),
+    (
+        "rcpt",
+        "ADDR",
+        "recipient with --messages (default bench@localhost)",
+    ),
     (
         "server-pid",
         "PID",
@@ -229,7 +254,13 @@ fn parse_args(args: &[String]) -> Result<Option<Opts>, String> {
         count,
         duration: Duration::from_secs_f64(secs),
         warmup: num(&m, "warmup", 20)?,
-        smtp: m.opt_present("smtp"),
+        smtp: m.opt_present("smtp") || m.opt_present("messages"),
+        messages: num(&m, "messages", 0)?,
+        body: message_body(num(&m, "size", 4096)?),
+        pipelining: m.opt_present("pipelining"),
+        rcpt: m
+            .opt_str("rcpt")
+            .unwrap_or_else(|| "bench@localhost".into()),
         server_pid,
         json: m.opt_str("json"),
     }))
@@ -400,12 +431,48 @@ fn one_conn(
         }
         send(&mut s, b"EHLO loadgen.test\r\n")?;
         expect(&mut s, buf, 250, "EHLO")?;
+        for _ in 0..o.messages {
+            deliver(o, &mut s, buf)?;
+        }
         send(&mut s, b"QUIT\r\n")?;
         expect(&mut s, buf, 221, "QUIT")?;
         latency = t0.elapsed();
     }
     close(&mut tls, &mut sock)?;
     Ok((latency, resumed))
+}
+
+/// One message: the envelope commands (in one write with --pipelining,
+/// each awaiting its reply otherwise), then the content.
+fn deliver<S: Read + Write>(o: &Opts, s: &mut S, buf: &mut Vec<u8>) -> Result<(), Failure> {
+    let mail = b"MAIL FROM:<loadgen@loadgen.test>\r\n";
+    let rcpt = format!("RCPT TO:<{}>\r\n", o.rcpt);
+    if o.pipelining {
+        send(s, &[&mail[..], rcpt.as_bytes(), b"DATA\r\n"].concat())?;
+        expect(s, buf, 250, "MAIL")?;
+        expect(s, buf, 250, "RCPT")?;
+        expect(s, buf, 354, "DATA")?;
+    } else {
+        send(s, mail)?;
+        expect(s, buf, 250, "MAIL")?;
+        send(s, rcpt.as_bytes())?;
+        expect(s, buf, 250, "RCPT")?;
+        send(s, b"DATA\r\n")?;
+        expect(s, buf, 354, "DATA")?;
+    }
+    send(s, &o.body)?;
+    expect(s, buf, 250, "end of data")
+}
+
+/// About `size` bytes of 78-byte lines, then the terminating dot.
+fn message_body(size: usize) -> Vec<u8> {
+    let mut body = b"Subject: loadgen\r\n\r\n".to_vec();
+    while body.len() < size {
+        body.extend_from_slice(&[b'x'; 76]);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b".\r\n");
+    body
 }
 
 #[derive(Default)]
@@ -567,6 +634,10 @@ fn text_line(o: &Opts, t: &Tally, r: &Report) -> String {
     );
     for (k, n) in t.errors.iter().enumerate().filter(|(_, n)| **n > 0) {
         let _ = write!(line, " errors.{}={n}", KIND_NAMES[k]);
+    }
+    if o.messages > 0 {
+        let msgs = r.conns as f64 * f64::from(o.messages) / r.secs.max(1e-9);
+        let _ = write!(line, " msgs/conn={} msgs/s={msgs:.1}", o.messages);
     }
     let cpu = r
         .cpu_us_per_conn
