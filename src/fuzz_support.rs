@@ -268,7 +268,7 @@ impl MessageSink for FuzzSink {
                     && !r.local.contains(['/', '\0'])
                     && r.local != ".."
                     && r.local != ".",
-                "unsafe local part {r:?}"
+                "dangerous local part {r:?}"
             );
         }
         self.messages.push(Message {
