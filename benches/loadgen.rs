@@ -12,11 +12,14 @@
 //! or `localhost` (taken as 127.0.0.1 without any name lookup).
 //!
 //! Run `loadgen --help` for the flags.
+mod common;
+
+use common::{cpu_ticks, json_str, load_roots, loopback_target, num, percentile_ms};
 
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, OnceLock};
@@ -25,8 +28,7 @@ use std::time::{Duration, Instant};
 
 use getopts::Options;
 use rustls::client::{Resumption, Tls12Resumption};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, HandshakeKind, RootCertStore};
 
 /// Connect, read and write timeout of every socket.
@@ -165,43 +167,6 @@ fn options() -> Options {
     o
 }
 
-fn num<T: std::str::FromStr>(m: &getopts::Matches, flag: &str, default: T) -> Result<T, String> {
-    match m.opt_str(flag) {
-        None => Ok(default),
-        Some(s) => s.parse().map_err(|_| format!("--{flag}: bad value {s:?}")),
-    }
-}
-
-/// Accepts `IP:PORT` with a loopback IP, `[::1]:PORT`, or `localhost:PORT`.
-/// Never resolves names, so no lookup can leave the machine.
-fn loopback_target(s: &str) -> Result<SocketAddr, String> {
-    let addr = match s.parse::<SocketAddr>() {
-        Ok(a) => a,
-        Err(_) => match s.rsplit_once(':') {
-            Some((h, p)) if h.eq_ignore_ascii_case("localhost") => {
-                let port = p
-                    .parse()
-                    .map_err(|_| format!("--connect: bad port in {s:?}"))?;
-                SocketAddr::from((Ipv4Addr::LOCALHOST, port))
-            }
-            _ => {
-                return Err(format!(
-                    "--connect: {s:?} is not a loopback IP:PORT or localhost:PORT"
-                ));
-            }
-        },
-    };
-    if !addr.ip().is_loopback() {
-        return Err(format!(
-            "--connect: refusing {addr}: not a loopback address"
-        ));
-    }
-    if addr.port() == 0 {
-        return Err("--connect: port 0".into());
-    }
-    Ok(addr)
-}
-
 fn parse_args(args: &[String]) -> Result<Option<Opts>, String> {
     let m = options().parse(args).map_err(|e| e.to_string())?;
     if m.opt_present("help") {
@@ -211,7 +176,7 @@ fn parse_args(args: &[String]) -> Result<Option<Opts>, String> {
         return Err(format!("unexpected argument {:?}", m.free[0]));
     }
     let target_str = m.opt_str("connect").ok_or("--connect is required")?;
-    let target = loopback_target(&target_str)?;
+    let target = loopback_target("connect", &target_str)?;
     let mode = match m.opt_str("mode").as_deref() {
         None | Some("implicit") => Mode::Implicit,
         Some("starttls") => Mode::Starttls,
@@ -264,19 +229,6 @@ fn parse_args(args: &[String]) -> Result<Option<Opts>, String> {
         server_pid,
         json: m.opt_str("json"),
     }))
-}
-
-fn load_roots(path: &str) -> Result<Arc<RootCertStore>, String> {
-    let mut roots = RootCertStore::empty();
-    let iter = CertificateDer::pem_file_iter(path).map_err(|e| format!("--ca {path}: {e}"))?;
-    for cert in iter {
-        let cert = cert.map_err(|e| format!("--ca {path}: {e}"))?;
-        roots.add(cert).map_err(|e| format!("--ca {path}: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("--ca {path}: no certificate found"));
-    }
-    Ok(Arc::new(roots))
 }
 
 /// One config per worker thread: its resumption cache is that thread's.
@@ -542,16 +494,6 @@ fn worker(o: &Opts, cfg: Arc<ClientConfig>, warmup: u64, sh: &Shared) -> (Tally,
     (warm, tally, Instant::now())
 }
 
-/// utime + stime of a process, in clock ticks, from /proc/PID/stat.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces; fields after it start at
-    // field 3, so utime (field 14) and stime (field 15) are at 11 and 12.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
 /// sysconf(_SC_CLK_TCK) through getconf(1), which avoids unsafe FFI; Linux
 /// reports 100 on every architecture, which is also the fallback.
 fn clock_ticks_per_sec() -> u64 {
@@ -563,31 +505,6 @@ fn clock_ticks_per_sec() -> u64 {
         .and_then(|s| s.trim().parse().ok())
         .filter(|&t| t > 0)
         .unwrap_or(100)
-}
-
-/// Nearest-rank percentile of sorted latencies, in milliseconds.
-fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
-    if sorted_us.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * sorted_us.len() as f64).ceil() as usize;
-    f64::from(sorted_us[rank.clamp(1, sorted_us.len()) - 1]) / 1000.0
-}
-
-fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 struct Report {
