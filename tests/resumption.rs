@@ -335,17 +335,10 @@ fn message_over_a_resumed_session_is_logged_with_a_star() {
         &["hal@example.org"],
         "Subject: again\n\nhi\n",
     );
-    let id = reply
-        .trim_start_matches("250 2.0.0 OK id=")
-        .trim()
-        .to_string();
+    let id = queue_id(&reply);
     c.command("QUIT", "221");
     c.finish();
-    let log = server.wait_log(&format!("id={id}"));
-    let line = log
-        .lines()
-        .find(|l| l.contains(&format!("id={id}")))
-        .unwrap();
+    let line = server.arrival_line(&id);
     assert!(
         line.contains(" X=TLS1.3:") && line.contains(":256* S="),
         "{line}"

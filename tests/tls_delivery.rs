@@ -25,10 +25,7 @@ fn deliver_and_check(server: &Server, mut client: TlsClient, version: &str) {
         WIRE_BODY,
     );
     assert!(reply.starts_with("250 2.0.0 OK id="), "{reply}");
-    let id = reply
-        .trim_start_matches("250 2.0.0 OK id=")
-        .trim()
-        .to_string();
+    let id = queue_id(&reply);
     client.command("QUIT", "221");
     client.finish();
 
@@ -47,11 +44,7 @@ fn deliver_and_check(server: &Server, mut client: TlsClient, version: &str) {
         "{header}"
     );
     assert!(header.contains(&format!("\tid {id}\n")), "{header}");
-    let log = server.wait_log(&format!("id={id}"));
-    let line = log
-        .lines()
-        .find(|l| l.contains(&format!("id={id}")))
-        .unwrap();
+    let line = server.arrival_line(&id);
     assert!(
         line.contains("<= a@client.test H=(client.test) [127.0.0.1]:"),
         "{line}"

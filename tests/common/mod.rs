@@ -206,6 +206,16 @@ impl Server {
         panic!("gsmtpd did not exit within {within:?}:\n{}", self.log());
     }
 
+    /// The `<=` log line of the message with this queue id (waiting for it).
+    pub fn arrival_line(&self, id: &str) -> String {
+        let needle = format!("id={id}");
+        let log = self.wait_log(&needle);
+        log.lines()
+            .find(|l| l.contains(&needle))
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// Every message file delivered to user@example.org.
     pub fn mailbox(&self, user: &str) -> Vec<Vec<u8>> {
         let dir = self.maildir.join(DOMAIN).join(user).join("new");
@@ -453,6 +463,15 @@ pub fn send_message(c: &mut TlsClient, from: &str, to: &[&str], body: &str) -> S
     c.send(&crlf(body));
     c.send(".\r\n");
     c.expect_reply("250")
+}
+
+/// The queue id in a `250 2.0.0 OK id=ID` reply.
+pub fn queue_id(reply: &str) -> String {
+    assert!(reply.starts_with("250 2.0.0 OK id="), "{reply}");
+    reply
+        .trim_start_matches("250 2.0.0 OK id=")
+        .trim()
+        .to_string()
 }
 
 /// LF line ends to the CRLF of the wire.
