@@ -333,7 +333,7 @@ impl Conn {
             self.peer.ip(),
             self.peer.port(),
             tls_field(&info),
-            shared.tls.served(&new.session, info.resumed)
+            shared.tls.served(&new.session)
         );
         self.tls = Tls::Established(new);
         self.smtp.tls_established(info);

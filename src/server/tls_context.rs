@@ -71,13 +71,14 @@ impl TlsContext {
     /// could not be read): handed the ticket master that issued the ticket
     /// the client offers, if we still hold it.
     pub fn session(&mut self, hello: Option<&Hello>) -> Result<NewSession, TlsError> {
+        let now = unix_now();
         if let Some(ring) = self.tickets.as_mut() {
-            ring.tick(unix_now());
+            ring.tick(now);
         }
         let offered = hello.and_then(|h| h.ticket_key_name.as_ref());
         let choice = self.tickets.as_ref().map(|ring| ring.choose(offered));
         let setup = SessionSetup {
-            credentials: self.certs.current(unix_now() as i64),
+            credentials: self.certs.current(now as i64),
             priority: &self.priority,
             ticket_key: choice.as_ref().map(|c| c.key),
             no_new_tickets: choice.as_ref().is_some_and(|c| !c.current),
@@ -107,11 +108,10 @@ impl TlsContext {
 
     /// The certificate a session was served, and the name the client asked
     /// for, as the log shows them.
-    pub fn served(&self, session: &ServerSession, resumed: bool) -> String {
-        // A resumed session presents no certificate.
+    pub fn served(&self, session: &ServerSession) -> String {
         let cert = match session.served_certificate() {
-            Some(der) if !resumed => self.certs.name_of(der).unwrap_or("?"),
-            _ => "-",
+            Some(der) => self.certs.name_of(der).unwrap_or("?"),
+            None => "-",
         };
         match session.server_name() {
             Some(sni) => format!("{cert} SNI={sni}"),

@@ -160,10 +160,15 @@ impl ServerSession {
     }
 
     /// The DER of the certificate this session presented.
+    /// None for a resumed session, which presents no certificate (GnuTLS
+    /// may still return one from the resumed session's data).
     pub fn served_certificate(&self) -> Option<&[u8]> {
         // SAFETY: raw is a live session; the datum it returns (if any) is
         // owned by the credentials, which this session keeps alive.
         unsafe {
+            if ffi::gnutls_session_is_resumed(self.ep.raw) != 0 {
+                return None;
+            }
             let d = ffi::gnutls_certificate_get_ours(self.ep.raw);
             if d.is_null() || (*d).data.is_null() {
                 return None;
