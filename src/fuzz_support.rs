@@ -14,7 +14,7 @@
 //! | 0 | flags: bit 0 `starttls_available`, bit 1 `pipe_connect`, bit 2 the first chunk arrives before the banner (`early_input`, else `greet` + `receive`), bit 3 implicit TLS (`tls_established` before the banner), bit 4 call `tls_established` after a `StartTls`, bit 5 consume the output partially, bits 6-7 how many chunks are fed (and must be dropped) between `StartTls` and `tls_established` |
 //! | 1 | the sink's `begin` fails for message i (numbered from 0) when bit i % 8 is set |
 //! | 2 | the same for `write` |
-//! | 3 | the same for `commit` |
+//! | 3 | the same for `commit` (for odd-numbered messages, which the sink queues for group commit, the queued commit fails) |
 //! | 4 | bits 0-1: 1 `timed_out`, 2 `shutting_down`, 3 both; bits 2-7: after which chunk (past the last one: at the end); skipped while awaiting TLS, as the server does |
 //! | 5 | `max_message_size` = 16 * (byte + 1) |
 //! | 6 | with partial consumption, the output bytes consumed after each call, minus one |
@@ -47,7 +47,9 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::OnceLock;
 
-use crate::smtp::{ConnInfo, Envelope, MessageSink, Next, Recipient, SinkError, Smtp, SmtpConfig};
+use crate::smtp::{
+    Commit, ConnInfo, Envelope, MessageSink, Next, Recipient, SinkError, Smtp, SmtpConfig,
+};
 use crate::smtp::{Phase, TlsInfo};
 use crate::tls::client_hello::{self, Parse};
 use crate::tls::ticket_keys::MasterKey;
@@ -201,6 +203,8 @@ enum Call {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Outcome {
     Open,
+    /// Handed to the group commit, outcome not known yet.
+    Queued,
     Committed(String),
     Aborted,
 }
@@ -245,6 +249,30 @@ impl FuzzSink {
             "sink call after commit/abort"
         );
         message
+    }
+
+    /// The group commit's outcome for the queued (last) message.
+    fn resolve_queued(&mut self) -> Result<String, SinkError> {
+        let index = self.messages.len() - 1;
+        let message = self.messages.last().expect("resolve without a message");
+        assert_eq!(
+            message.outcome,
+            Outcome::Queued,
+            "resolved an unqueued message"
+        );
+        self.finish_commit(index)
+    }
+
+    fn finish_commit(&mut self, index: usize) -> Result<String, SinkError> {
+        let message = &mut self.messages[index];
+        if fails(self.fail_commit, index) {
+            message.outcome = Outcome::Aborted;
+            return Err(SinkError("commit fails".into()));
+        }
+        let id = format!("m{index}");
+        message.outcome = Outcome::Committed(id.clone());
+        self.committed_now.push(id.clone());
+        Ok(id)
     }
 
     fn is_open(&self) -> bool {
@@ -298,7 +326,7 @@ impl MessageSink for FuzzSink {
         Ok(())
     }
 
-    fn commit(&mut self, envelope: &Envelope, size: u64) -> Result<String, SinkError> {
+    fn commit(&mut self, envelope: &Envelope, size: u64) -> Result<Commit, SinkError> {
         let index = self.messages.len() - 1;
         let max = self.max_message_size;
         let message = self.open();
@@ -326,13 +354,11 @@ impl MessageSink for FuzzSink {
                 "DATA message committed without DATA + content + CRLF.CRLF in the input: {content:?}"
             );
         }
-        if fails(self.fail_commit, index) {
-            return Err(SinkError("commit fails".into()));
+        if index % 2 == 1 {
+            self.open().outcome = Outcome::Queued;
+            return Ok(Commit::Queued);
         }
-        let id = format!("m{index}");
-        self.open().outcome = Outcome::Committed(id.clone());
-        self.committed_now.push(id.clone());
-        Ok(id)
+        self.finish_commit(index).map(Commit::Done)
     }
 
     fn abort(&mut self) {
@@ -543,11 +569,18 @@ impl<'a> Harness<'a> {
                 let input = &payload[from..to];
                 self.sink.fed.extend_from_slice(input);
                 self.fed += input.len();
-                Some(if matches!(call, Call::Early(..)) {
+                let mut next = if matches!(call, Call::Early(..)) {
                     self.smtp.early_input(input, &mut self.sink)
                 } else {
                     self.smtp.receive(input, &mut self.sink)
-                })
+                };
+                // The server's group commit ends within the same loop turn.
+                while self.smtp.awaiting_commit() {
+                    assert_eq!(next, Next::Continue, "{next:?} while awaiting a commit");
+                    let outcome = self.sink.resolve_queued();
+                    next = self.smtp.commit_finished(outcome, &mut self.sink);
+                }
+                Some(next)
             }
             Call::TlsEstablished => {
                 self.smtp.tls_established(tls_info());

@@ -17,7 +17,7 @@ use super::delivery::{Pending, StoreSink, tls_field};
 use super::listener::Kind;
 use super::timers::{Deadline, TimerKey};
 use super::tls_context::{NewSession, resumption_words};
-use crate::smtp::{ConnInfo, Next, Phase, Smtp, TlsInfo};
+use crate::smtp::{ConnInfo, Next, Phase, SinkError, Smtp, TlsInfo};
 use crate::tls::client_hello::{self, Hello, Parse};
 use crate::tls::{Handshake, ReadStatus, ServerSession, TlsError};
 
@@ -175,21 +175,59 @@ impl Conn {
     }
 
     fn service(&mut self, readable: bool, writable: bool, shared: &mut Shared) -> Step {
-        if readable && !self.read_paused {
+        if readable && self.may_read() {
             self.read_socket(shared)?;
         }
         self.flush()?;
         if writable && self.read_paused && self.output_len() == 0 {
-            // Edge-triggered: data left unread while paused raises no new
-            // event, so resume reading now.
             self.read_paused = false;
-            self.read_socket(shared)?;
-            self.flush()?;
+            self.resume_reading(shared)?;
         }
         Ok(())
     }
 
+    /// Not while the client ignores its replies, nor while a message's
+    /// group commit is pending (its reply must precede any later one).
+    fn may_read(&self) -> bool {
+        !self.read_paused && !self.smtp.awaiting_commit()
+    }
+
+    /// Edge-triggered: data left unread while paused raises no new event,
+    /// so reading resumes without one.
+    fn resume_reading(&mut self, shared: &mut Shared) -> Step {
+        if self.may_read() {
+            self.read_socket(shared)?;
+        }
+        self.flush()
+    }
+
+    /// The group commit of this connection's message is over: the reply,
+    /// then whatever the client sent meanwhile.
+    pub fn on_committed(
+        &mut self,
+        outcome: Result<String, SinkError>,
+        shared: &mut Shared,
+    ) -> Option<Close> {
+        let mut sink = StoreSink {
+            store: &mut shared.store,
+            queue: &mut shared.commits,
+            pending: &mut self.pending,
+            hostname: &shared.smtp_config.hostname,
+            peer: self.peer,
+            conn: self.key,
+        };
+        let next = self.smtp.commit_finished(outcome, &mut sink);
+        let step = self
+            .after_input(next, shared)
+            .and_then(|()| self.resume_reading(shared));
+        self.finish(step)
+    }
+
     pub fn on_timeout(&mut self, shared: &mut Shared) -> Option<Close> {
+        if self.smtp.awaiting_commit() {
+            // The commit ends in this turn of the loop and re-arms the timer.
+            return None;
+        }
         if self.closing.is_some() {
             return Some(Close::Timeout);
         }
@@ -255,6 +293,9 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Close::Io(e)),
+            }
+            if self.smtp.awaiting_commit() {
+                return Ok(());
             }
             if self.output_len() > OUTPUT_HIGH_WATER {
                 self.read_paused = true;
@@ -369,9 +410,11 @@ impl Conn {
     fn feed_smtp(&mut self, bytes: &[u8], shared: &mut Shared) -> Step {
         let mut sink = StoreSink {
             store: &mut shared.store,
+            queue: &mut shared.commits,
             pending: &mut self.pending,
             hostname: &shared.smtp_config.hostname,
             peer: self.peer,
+            conn: self.key,
         };
         let next = if self.banner_sent {
             self.smtp.receive(bytes, &mut sink)
@@ -379,6 +422,11 @@ impl Conn {
             self.banner_sent = true;
             self.smtp.early_input(bytes, &mut sink)
         };
+        self.after_input(next, shared)
+    }
+
+    /// What the state machine's answer to new input means for the connection.
+    fn after_input(&mut self, next: Next, shared: &mut Shared) -> Step {
         self.rearm(shared);
         match next {
             Next::Continue if shared.shutting_down && !self.smtp.in_transaction() => {

@@ -1,12 +1,14 @@
 //! The bridge from the SMTP state machine's `MessageSink` to the Maildir
-//! store: one message in progress per connection, the trace headers, and
-//! the `<=` log line once the message is durable.
+//! store: one message in progress per connection, the trace headers, the
+//! queue of complete messages that the loop commits as a group, and the
+//! `<=` log line once a message is durable.
 
 use std::net::SocketAddr;
 
+use super::timers::TimerKey;
 use crate::received;
-use crate::smtp::{Envelope, MessageSink, SinkError, TlsInfo};
-use crate::store::{Delivery, Store};
+use crate::smtp::{Commit, Envelope, MessageSink, SinkError, TlsInfo};
+use crate::store::{self, Delivery, Store};
 
 /// A message being received: lives in the connection across reads.
 pub struct Pending {
@@ -14,12 +16,24 @@ pub struct Pending {
     delivery: Delivery,
 }
 
-/// Borrowed for one `Smtp::receive` call.
+/// A complete message waiting for the loop's group commit.
+pub struct Queued {
+    /// The connection waiting for the outcome.
+    pub conn: TimerKey,
+    id: String,
+    /// The `<=` line, logged once the message is durable.
+    arrival: String,
+    delivery: Delivery,
+}
+
+/// Borrowed for one call into the state machine.
 pub struct StoreSink<'a> {
     pub store: &'a mut Store,
+    pub queue: &'a mut Vec<Queued>,
     pub pending: &'a mut Option<Pending>,
     pub hostname: &'a str,
     pub peer: SocketAddr,
+    pub conn: TimerKey,
 }
 
 fn sink_error(what: &str, e: std::io::Error) -> SinkError {
@@ -54,22 +68,49 @@ impl MessageSink for StoreSink<'_> {
             .map_err(|e| sink_error("writing message", e))
     }
 
-    fn commit(&mut self, env: &Envelope, size: u64) -> Result<String, SinkError> {
+    fn commit(&mut self, env: &Envelope, size: u64) -> Result<Commit, SinkError> {
         let Pending { id, delivery } = self
             .pending
             .take()
             .ok_or_else(|| SinkError("no message in progress".into()))?;
-        delivery
-            .commit()
-            .map_err(|e| sink_error("committing message", e))?;
-        log::info!("{}", arrival_line(env, &id, size, self.peer));
-        Ok(id)
+        let arrival = arrival_line(env, &id, size, self.peer);
+        self.queue.push(Queued {
+            conn: self.conn,
+            id,
+            arrival,
+            delivery,
+        });
+        Ok(Commit::Queued)
     }
 
     fn abort(&mut self) {
         // Dropping the delivery removes its temporary file.
         self.pending.take();
     }
+}
+
+/// Makes the queued messages durable together (one group commit) and
+/// returns each waiting connection's outcome: the id for its 250, or why
+/// its message is not stored.
+pub fn commit_queued(queue: Vec<Queued>) -> Vec<(TimerKey, Result<String, SinkError>)> {
+    let mut waiting = Vec::with_capacity(queue.len());
+    let mut deliveries = Vec::with_capacity(queue.len());
+    for q in queue {
+        waiting.push((q.conn, q.id, q.arrival));
+        deliveries.push(q.delivery);
+    }
+    let results = store::commit_all(deliveries);
+    waiting
+        .into_iter()
+        .zip(results)
+        .map(|((conn, id, arrival), result)| match result {
+            Ok(_) => {
+                log::info!("{arrival}");
+                (conn, Ok(id))
+            }
+            Err(e) => (conn, Err(sink_error("committing message", e))),
+        })
+        .collect()
 }
 
 /// Exim's `<=` line: `<= sender H=(helo) [ip]:port P=esmtps

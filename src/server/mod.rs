@@ -56,6 +56,9 @@ pub struct Shared {
     pub read_buf: Vec<u8>,
     /// Decrypted TLS input, likewise shared.
     pub plain: Vec<u8>,
+    /// Messages complete in this turn of the loop, committed together at
+    /// its end.
+    pub commits: Vec<delivery::Queued>,
 }
 
 pub struct Server {
@@ -154,6 +157,7 @@ impl Server {
                 shutting_down: false,
                 read_buf: vec![0; 16 * 1024],
                 plain: Vec::with_capacity(32 * 1024),
+                commits: Vec::new(),
             },
             max_connections: config.max_connections,
             max_per_ip: config.max_per_ip,
@@ -193,6 +197,7 @@ impl Server {
                 }
             }
             self.run_timers();
+            self.run_commits();
             if self.shutting_down_done() {
                 return Ok(());
             }
@@ -319,6 +324,28 @@ impl Server {
         };
         if let Some(close) = conn.on_ready(readable, event.is_writable(), &mut self.shared) {
             self.remove(slot, close);
+        }
+    }
+
+    /// Group commit: the messages completed in this turn become durable
+    /// together, and only then are their clients answered. Answering can
+    /// complete further messages (input held behind a commit), which form
+    /// the next group before the loop waits again.
+    fn run_commits(&mut self) {
+        while !self.shared.commits.is_empty() {
+            let queue = std::mem::take(&mut self.shared.commits);
+            log::debug!("group commit of {} message(s)", queue.len());
+            for (key, outcome) in delivery::commit_queued(queue) {
+                let Some(conn) = self.conns.get_mut(key.slot) else {
+                    continue;
+                };
+                if conn.key() != key {
+                    continue;
+                }
+                if let Some(close) = conn.on_committed(outcome, &mut self.shared) {
+                    self.remove(key.slot, close);
+                }
+            }
         }
     }
 

@@ -2,13 +2,12 @@
 
 use std::mem;
 
-use super::MessageSink;
-use super::Next;
 use super::data::{DotDecoder, Step};
 use super::params;
 use super::reply::{self, Reply};
 use super::session::{Mode, Smtp};
 use super::transaction::{Failure, Transaction};
+use super::{Commit, MessageSink, Next, SinkError};
 
 /// A BDAT chunk whose bytes are still arriving.
 pub(super) struct Chunk {
@@ -218,26 +217,41 @@ impl Smtp {
         }
     }
 
-    /// Ends the transaction after its content, with the final reply.
+    /// Ends the transaction after its content, with the final reply (which
+    /// waits for `commit_finished` when the sink queues the message).
     pub(super) fn finish_message(&mut self, sink: &mut dyn MessageSink) {
         self.mode = Mode::Command;
         let Some(txn) = self.txn.take() else {
             return;
         };
-        let reply = match txn.failure {
-            None => self.commit(&txn, sink),
-            Some(failure) => {
-                self.abort_message(sink);
-                failure.reply()
+        if let Some(failure) = txn.failure {
+            self.abort_message(sink);
+            return self.final_reply(&failure.reply());
+        }
+        self.sink_open = false;
+        let outcome = match sink.commit(&txn.envelope, txn.size) {
+            Ok(Commit::Queued) => {
+                self.awaiting_commit = Some(txn);
+                return;
+            }
+            Ok(Commit::Done(id)) => Ok(id),
+            Err(error) => {
+                sink.abort();
+                Err(error)
             }
         };
+        let reply = self.commit_reply(&txn, outcome);
         self.final_reply(&reply);
     }
 
-    fn commit(&mut self, txn: &Transaction, sink: &mut dyn MessageSink) -> Reply {
-        self.sink_open = false;
+    /// 250 with the message's id once it is durable, 452 if it could not be.
+    pub(super) fn commit_reply(
+        &mut self,
+        txn: &Transaction,
+        outcome: Result<String, SinkError>,
+    ) -> Reply {
         let envelope = &txn.envelope;
-        match sink.commit(envelope, txn.size) {
+        match outcome {
             Ok(id) => {
                 log::info!(
                     "{}: accepted id={id} helo={} from=<{}> rcpts={} size={} body={:?} with={} chunking={}",
@@ -256,7 +270,6 @@ impl Smtp {
             }
             Err(error) => {
                 log::warn!("{}: sink commit failed: {}", self.conn.peer, error.0);
-                sink.abort();
                 reply::STORAGE
             }
         }

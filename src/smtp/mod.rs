@@ -11,7 +11,8 @@
 //! sink when the connection ends is the sink's to discard (gsmtpd's store
 //! removes its temporary file when the connection is dropped).
 //! It should write the output before reading more: replies are only bounded
-//! by what the client sends.
+//! by what the client sends. While `awaiting_commit()` it should not read at
+//! all: the engine keeps whatever it is given until `commit_finished()`.
 
 mod address;
 mod command;
@@ -116,15 +117,32 @@ pub struct SinkError(pub String);
 /// `abort`, except when the connection ends in `timed_out`/`shutting_down`:
 /// then the abort happens in the next `receive`, or never, and the sink
 /// discards what it holds when the connection is dropped.
+///
+/// A sink may answer `commit` with [`Commit::Queued`] to make several
+/// messages durable together (group commit): the engine then holds the
+/// reply, and every byte of input after the message, until the caller
+/// reports the outcome with [`Smtp::commit_finished`]. Replies keep their
+/// order, and no 250 exists before the sink says the message is durable.
 pub trait MessageSink {
     fn begin(&mut self, envelope: &Envelope) -> Result<(), SinkError>;
     /// Content exactly as it must be stored: dot-unstuffed, CRLF line ends as
     /// on the wire, without the final ".\r\n"; in runs as large as the input allows.
     fn write(&mut self, content: &[u8]) -> Result<(), SinkError>;
-    /// Makes the message durable and returns its id for the 250 reply; size = content bytes.
-    fn commit(&mut self, envelope: &Envelope, size: u64) -> Result<String, SinkError>;
+    /// Makes the message durable, or queues it to be made durable; size =
+    /// content bytes.
+    fn commit(&mut self, envelope: &Envelope, size: u64) -> Result<Commit, SinkError>;
     /// Discards whatever begin/write produced.
     fn abort(&mut self);
+}
+
+/// What a sink did with a complete message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Commit {
+    /// On stable storage now; the id for the 250 reply.
+    Done(String),
+    /// Complete but not yet durable: the outcome comes later, through
+    /// [`Smtp::commit_finished`].
+    Queued,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

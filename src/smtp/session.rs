@@ -1,5 +1,6 @@
 //! The connection state machine: input dispatch, command handling and the public API.
 
+use std::mem;
 use std::rc::Rc;
 
 use super::command::{self, Command};
@@ -8,7 +9,7 @@ use super::data::DotDecoder;
 use super::line::{Event, LineReader};
 use super::reply::{self, Output, Reply};
 use super::transaction::Transaction;
-use super::{ConnInfo, MessageSink, Next, Phase, SmtpConfig, TlsInfo};
+use super::{ConnInfo, MessageSink, Next, Phase, SinkError, SmtpConfig, TlsInfo};
 
 /// Error replies after which the connection is dropped, so a confused or
 /// hostile client cannot keep a connection busy forever.
@@ -43,6 +44,10 @@ pub struct Smtp {
     pub(super) mode: Mode,
     /// The sink has a message that still needs commit() or abort().
     pub(super) sink_open: bool,
+    /// A message the sink queued for group commit: its reply waits for
+    /// `commit_finished`, and so does every input byte after it (`held`).
+    pub(super) awaiting_commit: Option<Transaction>,
+    held: Vec<u8>,
     lines: LineReader,
     out: Output,
     errors: u32,
@@ -63,6 +68,8 @@ impl Smtp {
             txn: None,
             mode: Mode::Command,
             sink_open: false,
+            awaiting_commit: None,
+            held: Vec::new(),
             lines: LineReader::default(),
             out: Output::default(),
             errors: 0,
@@ -91,6 +98,11 @@ impl Smtp {
         }
         let mut rest = input;
         while !rest.is_empty() {
+            if self.awaiting_commit.is_some() {
+                // Answered in order once the queued message's outcome is known.
+                self.held.extend_from_slice(rest);
+                return Next::Continue;
+            }
             let (used, next) = self.step(rest, sink);
             rest = rest.get(used..).unwrap_or_default();
             let next = self.check_errors(next);
@@ -127,6 +139,33 @@ impl Smtp {
         self.early_pipelining = true;
         self.greet();
         self.receive(input, sink)
+    }
+
+    /// A message was queued for group commit and its outcome is not known
+    /// yet: the caller should stop reading until `commit_finished`.
+    pub fn awaiting_commit(&self) -> bool {
+        self.awaiting_commit.is_some()
+    }
+
+    /// The outcome of the message the sink queued: `Ok(id)` once it is on
+    /// stable storage, `Err` once the sink has discarded it. Replies to it,
+    /// then processes the input held since.
+    pub fn commit_finished(
+        &mut self,
+        outcome: Result<String, SinkError>,
+        sink: &mut dyn MessageSink,
+    ) -> Next {
+        let Some(txn) = self.awaiting_commit.take() else {
+            return Next::Continue;
+        };
+        if self.link == Link::Closed {
+            // timed_out or shutting_down already said goodbye.
+            return Next::Close;
+        }
+        let reply = self.commit_reply(&txn, outcome);
+        self.final_reply(&reply);
+        let held = mem::take(&mut self.held);
+        self.receive(&held, sink)
     }
 
     pub fn output(&self) -> &[u8] {
@@ -169,7 +208,7 @@ impl Smtp {
     }
 
     pub fn in_transaction(&self) -> bool {
-        self.txn.is_some()
+        self.txn.is_some() || self.awaiting_commit.is_some()
     }
 
     pub fn timed_out(&mut self) {

@@ -15,6 +15,8 @@ const RCPT: &[u8] = b"RCPT TO:<bob@example.org>\r\n";
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Outcome {
     Open,
+    /// Handed to a group commit whose outcome is not known yet.
+    Queued,
     Committed(String),
     Aborted,
 }
@@ -34,9 +36,24 @@ struct VecSink {
     fail_begin: bool,
     fail_write: bool,
     fail_commit: bool,
+    /// Answer commit with `Commit::Queued`, as the server's group commit does.
+    queue: bool,
 }
 
 impl VecSink {
+    /// Ends the queued group commit of the last message: durable, or not.
+    fn resolve(&mut self, durable: bool) -> Result<String, SinkError> {
+        let id = format!("msg{}", self.messages.len());
+        let message = self.messages.last_mut().expect("no message queued");
+        assert_eq!(message.outcome, Outcome::Queued, "nothing queued");
+        if !durable {
+            message.outcome = Outcome::Aborted;
+            return Err(SinkError("syncfs failed".into()));
+        }
+        message.outcome = Outcome::Committed(id.clone());
+        Ok(id)
+    }
+
     fn open(&mut self) -> &mut Message {
         let message = self.messages.last_mut().expect("no message begun");
         assert_eq!(message.outcome, Outcome::Open, "message already finished");
@@ -78,17 +95,21 @@ impl MessageSink for VecSink {
         Ok(())
     }
 
-    fn commit(&mut self, envelope: &Envelope, size: u64) -> Result<String, SinkError> {
-        let fail = self.fail_commit;
+    fn commit(&mut self, envelope: &Envelope, size: u64) -> Result<Commit, SinkError> {
+        let (fail, queue) = (self.fail_commit, self.queue);
         let id = format!("msg{}", self.messages.len());
         let message = self.open();
         assert_eq!(size, message.content.len() as u64);
         assert_eq!(envelope.recipients, message.envelope.recipients);
+        if queue {
+            message.outcome = Outcome::Queued;
+            return Ok(Commit::Queued);
+        }
         if fail {
             return Err(SinkError("fsync failed".into()));
         }
         message.outcome = Outcome::Committed(id.clone());
-        Ok(id)
+        Ok(Commit::Done(id))
     }
 
     fn abort(&mut self) {
@@ -1211,6 +1232,87 @@ fn sink_commit_failure() {
     );
     assert_eq!(client.sink.messages[0].outcome, Outcome::Aborted);
     assert!(!client.smtp.in_transaction());
+}
+
+// -------------------------------------------------------- group commit
+
+impl Client {
+    /// Reports the queued commit's outcome; returns the replies and Next.
+    fn finish_commit(&mut self, durable: bool) -> (String, Next) {
+        assert!(self.smtp.awaiting_commit());
+        let outcome = self.sink.resolve(durable);
+        let next = self.smtp.commit_finished(outcome, &mut self.sink);
+        (self.take(), next)
+    }
+}
+
+#[test]
+fn queued_commit_holds_its_250_and_all_later_input() {
+    let mut client = Client::in_transaction();
+    client.sink.queue = true;
+    assert!(client.talk(b"DATA\r\n").starts_with("354 "));
+    // RSET and NOOP pipelined behind the end of data, as RFC 2920 allows.
+    assert_eq!(client.talk(b"hello\r\n.\r\nRSET\r\nNOO"), "");
+    assert!(client.smtp.awaiting_commit());
+    assert!(client.smtp.in_transaction(), "shutdown must wait for it");
+    assert_eq!(client.sink.messages[0].outcome, Outcome::Queued);
+    // A caller that reads on anyway gets its input held too, in order.
+    assert_eq!(client.talk(b"P\r\n"), "");
+    let (replies, next) = client.finish_commit(true);
+    assert_eq!(next, Next::Continue);
+    assert_eq!(
+        replies,
+        "250 2.0.0 OK id=msg1\r\n250 2.0.0 OK\r\n250 2.0.0 OK\r\n"
+    );
+    assert!(!client.smtp.awaiting_commit());
+    assert!(!client.smtp.in_transaction());
+}
+
+#[test]
+fn queued_commit_failure_is_452_and_the_session_goes_on() {
+    let mut client = Client::in_transaction();
+    client.sink.queue = true;
+    client.talk(b"DATA\r\n");
+    assert_eq!(client.talk(b"hello\r\n.\r\nQUIT\r\n"), "");
+    let (replies, next) = client.finish_commit(false);
+    assert_eq!(
+        replies,
+        "452 4.3.1 Insufficient system storage\r\n221 2.0.0 mx.example.org closing connection\r\n"
+    );
+    assert_eq!(next, Next::Close);
+    assert_eq!(client.sink.messages[0].outcome, Outcome::Aborted);
+}
+
+#[test]
+fn queued_bdat_messages_commit_one_after_the_other() {
+    let mut client = Client::ready();
+    client.sink.queue = true;
+    let two = [
+        MAIL,
+        RCPT,
+        b"BDAT 2 LAST\r\nhi",
+        MAIL,
+        RCPT,
+        b"BDAT 3 LAST\r\nyou",
+    ]
+    .concat();
+    assert_eq!(client.talk(&two), "250 2.1.0 OK\r\n250 2.1.5 OK\r\n");
+    let (replies, _) = client.finish_commit(true);
+    // The second message was held whole behind the first one's commit.
+    assert_eq!(
+        replies,
+        "250 2.0.0 OK id=msg1\r\n250 2.1.0 OK\r\n250 2.1.5 OK\r\n"
+    );
+    let (replies, next) = client.finish_commit(true);
+    assert_eq!(replies, "250 2.0.0 OK id=msg2\r\n");
+    assert_eq!(next, Next::Continue);
+    let contents: Vec<&[u8]> = client
+        .sink
+        .committed()
+        .iter()
+        .map(|m| &m.content[..])
+        .collect();
+    assert_eq!(contents, [&b"hi"[..], b"you"]);
 }
 
 #[test]

@@ -2,7 +2,8 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::mem;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use log::{debug, error, warn};
@@ -17,9 +18,11 @@ const BUFFER_SIZE: usize = 64 * 1024;
 /// A message being written into `tmp/`. Dropping it without
 /// [`commit`](Delivery::commit) aborts it and removes the tmp file.
 pub struct Delivery {
-    /// `None` only once commit has taken the file.
+    /// `None` once `finish_writing` has flushed it into `file`.
     out: Option<BufWriter<File>>,
-    tmp_dir: PathBuf,
+    file: Option<File>,
+    /// The file system of `file`, once written.
+    device: u64,
     tmp_path: PathBuf,
     /// The unique name without the `,S=` suffix.
     name: String,
@@ -34,6 +37,10 @@ pub struct Delivery {
     failed: bool,
     /// The tmp name still exists and Drop must remove it.
     tmp_live: bool,
+    /// Names created in `new/` directories by `publish`.
+    linked: Vec<PathBuf>,
+    /// `new/` directories on other file systems than `file`.
+    foreign_dirs: Vec<PathBuf>,
 }
 
 impl Delivery {
@@ -46,8 +53,9 @@ impl Delivery {
     ) -> Delivery {
         Delivery {
             out: Some(BufWriter::with_capacity(BUFFER_SIZE, file)),
+            file: None,
+            device: 0,
             tmp_path: tmp_dir.join(&name),
-            tmp_dir,
             name,
             mailboxes,
             known,
@@ -55,6 +63,8 @@ impl Delivery {
             pending_cr: false,
             failed: false,
             tmp_live: true,
+            linked: Vec::new(),
+            foreign_dirs: Vec::new(),
         }
     }
 
@@ -127,21 +137,17 @@ impl Delivery {
     }
 
     /// Makes the message durable in every mailbox's `new/` and returns the
-    /// final paths. On error nothing of it remains in any `new/` and the tmp
-    /// file is removed.
-    pub fn commit(mut self) -> io::Result<Vec<PathBuf>> {
-        let result = self.finish();
-        if let Err(e) = &result {
-            warn!("delivery {} failed: {e}", self.name);
-            // The failure may be a mailbox directory that vanished or was
-            // replaced; let the next delivery check and recreate it.
-            self.known.forget(&self.mailboxes);
-        }
-        // On error, Drop removes the tmp file.
-        result
+    /// final paths: a group commit of one (see [`super::commit_all`]).
+    #[cfg(test)]
+    pub fn commit(self) -> io::Result<Vec<PathBuf>> {
+        super::commit_all(vec![self])
+            .pop()
+            .unwrap_or_else(|| Err(finished()))
     }
 
-    fn finish(&mut self) -> io::Result<Vec<PathBuf>> {
+    /// Writes out what is still buffered. The message is then complete in
+    /// `tmp/` but not yet durable.
+    pub(super) fn finish_writing(&mut self) -> io::Result<()> {
         if self.failed {
             return Err(earlier_failure());
         }
@@ -150,50 +156,96 @@ impl Delivery {
             self.pending_cr = false;
             self.write_raw(b"\r")?;
         }
-        let mut out = self.out.take().ok_or_else(finished)?;
-        if let Err(e) = out.flush() {
-            // into_parts, not drop: dropping would retry the failed write.
-            drop(out.into_parts());
-            return Err(e);
-        }
-        let (file, _) = out.into_parts();
-        file.sync_all()?;
-        drop(file);
+        let out = self.out.take().ok_or_else(finished)?;
+        let file = match out.into_inner() {
+            Ok(file) => file,
+            Err(e) => {
+                let error = io::Error::new(e.error().kind(), e.error().to_string());
+                // into_parts, not drop: dropping would retry the failed write.
+                drop(e.into_inner().into_parts());
+                return Err(error);
+            }
+        };
+        self.device = file.metadata()?.dev();
+        self.file = Some(file);
+        Ok(())
+    }
 
+    /// The written file, which stays open until the delivery ends, so that
+    /// it can name its file system to `syncfs`.
+    pub(super) fn file(&self) -> Option<&File> {
+        self.file.as_ref()
+    }
+
+    /// The file system the tmp file (and every hard link to it) lives on.
+    pub(super) fn device(&self) -> u64 {
+        self.device
+    }
+
+    /// Links the written file into every mailbox's `new/` and drops its
+    /// tmp name. Nothing is synced here: the caller must already have made
+    /// the data durable, and makes the names durable afterwards. On error
+    /// nothing of the message remains in any `new/`.
+    pub(super) fn publish(&mut self) -> io::Result<()> {
         let final_name = format!("{},S={}", self.name, self.size);
         let mut linked = Vec::with_capacity(self.mailboxes.len());
-        if let Err(e) = self.link_all(&final_name, &mut linked) {
+        let mut foreign = Vec::new();
+        if let Err(e) = self.link_all(&final_name, &mut linked, &mut foreign) {
             roll_back(&linked);
             return Err(e);
         }
-
-        // The message is durable in every new/ now; failing here would make
-        // the client send it again, so problems removing the tmp name are
-        // only logged (clean_stale_tmp removes leftovers eventually).
+        self.linked = linked;
+        self.foreign_dirs = foreign;
+        // Failing from here on would make the client send the message
+        // again, so problems removing the tmp name are only logged
+        // (clean_stale_tmp removes leftovers eventually).
         self.tmp_live = false;
-        match fs::remove_file(&self.tmp_path) {
-            Ok(()) => {
-                // Without this a crash could bring the tmp name back, where
-                // it would count against quota until the stale cleaner runs.
-                if let Err(e) = sync_dir(&self.tmp_dir) {
-                    warn!("fsync {}: {e}", self.tmp_dir.display());
-                }
-            }
-            Err(e) => warn!("removing {}: {e}", self.tmp_path.display()),
+        if let Err(e) = fs::remove_file(&self.tmp_path) {
+            warn!("removing {}: {e}", self.tmp_path.display());
         }
+        Ok(())
+    }
+
+    /// Syncs the `new/` directories that lie on another file system than
+    /// the tmp file (the copies made by `copy_into`), which the caller's
+    /// `syncfs` does not cover.
+    pub(super) fn sync_foreign_dirs(&self) -> io::Result<()> {
+        for dir in &self.foreign_dirs {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    /// The message is on stable storage in every `new/`.
+    pub(super) fn delivered(mut self) -> Vec<PathBuf> {
         debug!(
             "delivered {} ({} bytes) to {} mailbox(es)",
-            final_name,
+            self.name,
             self.size,
-            linked.len()
+            self.linked.len()
         );
-        Ok(linked)
+        mem::take(&mut self.linked)
+    }
+
+    /// The commit failed: undoes whatever `publish` did, and lets the next
+    /// delivery check and recreate the mailbox directories, since the
+    /// failure may be one that vanished or was replaced. Drop removes the
+    /// tmp file if it is still there.
+    pub(super) fn failed(mut self, e: &io::Error) {
+        warn!("delivery {} failed: {e}", self.name);
+        roll_back(&mem::take(&mut self.linked));
+        self.known.forget(&self.mailboxes);
     }
 
     /// Links the tmp file into every `new/`, recording each created name in
-    /// `linked` as it goes so a failure can undo them, then syncs the
-    /// directories.
-    fn link_all(&self, final_name: &str, linked: &mut Vec<PathBuf>) -> io::Result<()> {
+    /// `linked` as it goes so a failure can undo them, and the `new/`
+    /// directories on other file systems in `foreign`.
+    fn link_all(
+        &self,
+        final_name: &str,
+        linked: &mut Vec<PathBuf>,
+        foreign: &mut Vec<PathBuf>,
+    ) -> io::Result<()> {
         for mailbox in &self.mailboxes {
             let target = mailbox.join("new").join(final_name);
             // link, not rename, even for the first mailbox: link refuses to
@@ -203,13 +255,11 @@ impl Delivery {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
                     self.copy_into(mailbox, &target)?;
+                    foreign.push(mailbox.join("new"));
                 }
                 Err(e) => return Err(e),
             }
             linked.push(target);
-        }
-        for mailbox in &self.mailboxes {
-            sync_dir(&mailbox.join("new"))?;
         }
         Ok(())
     }

@@ -11,11 +11,13 @@
 //! Courier skip a stat() for quota accounting; it comes before any `:2,`
 //! info suffix a reader adds when moving the file to `cur/`.
 //!
-//! [`Delivery::commit`] returns only once the file data and every `new/`
-//! directory entry are on stable storage, so the caller may answer 250 then.
+//! [`commit_all`] returns a message's paths only once its file data and
+//! every `new/` directory entry are on stable storage, so the caller may
+//! answer 250 then; it does so for many messages at once (group commit).
 //! If it fails, every name it had created in a `new/` is removed again.
 
 mod clean;
+mod commit;
 mod delivery;
 mod dirs;
 mod unique;
@@ -30,6 +32,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub use clean::{STALE_TMP_AGE, clean_stale_tmp};
+pub use commit::commit_all;
 pub use delivery::Delivery;
 
 use dirs::KnownMailboxes;

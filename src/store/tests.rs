@@ -450,3 +450,128 @@ fn cleaner_removes_only_old_tmp_files() {
         0
     );
 }
+
+// ------------------------------------------------------------ group commit
+
+/// What the file system looked like at each sync, and which sync fails.
+struct Recorder {
+    root: PathBuf,
+    /// (files in some tmp/ with their contents, names in some new/) per sync.
+    seen: Vec<(Vec<Vec<u8>>, Vec<PathBuf>)>,
+    fail_at: Option<usize>,
+}
+
+impl super::commit::Durability for Recorder {
+    fn sync_fs(&mut self, _file: &File) -> io::Result<()> {
+        let files = all_message_files(&self.root);
+        let in_dir = |sub: &str| {
+            files
+                .iter()
+                .filter(|p| p.parent().and_then(Path::file_name) == Some(sub.as_ref()))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let tmp = in_dir("tmp").iter().map(|p| fs::read(p).unwrap()).collect();
+        self.seen.push((tmp, in_dir("new")));
+        if self.fail_at == Some(self.seen.len() - 1) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(())
+    }
+}
+
+/// Three messages to three mailboxes, written but not committed.
+fn three_deliveries(store: &mut Store) -> Vec<super::Delivery> {
+    ["alice", "bob", "carol"]
+        .iter()
+        .map(|who| {
+            let mut d = store.begin(&[mb("example.com", who)], HEADER).unwrap();
+            // Still in the BufWriter: the group commit must write it out.
+            d.write(format!("Subject: for {who}\r\n\r\nbody\r").as_bytes())
+                .unwrap();
+            d
+        })
+        .collect()
+}
+
+fn group_commit(fail_at: Option<usize>) -> (Recorder, Vec<io::Result<Vec<PathBuf>>>) {
+    let tmp = temp_dir();
+    let (mut store, root) = store(&tmp);
+    let batch = three_deliveries(&mut store);
+    let mut recorder = Recorder {
+        root,
+        seen: Vec::new(),
+        fail_at,
+    };
+    let results = super::commit::commit_with(batch, &mut recorder);
+    // The recorder saw the tree; it goes with the TempDir, so check now.
+    let left = all_message_files(&recorder.root);
+    if fail_at.is_some() {
+        assert!(left.is_empty(), "a failed group left {left:?}");
+    }
+    (recorder, results)
+}
+
+#[test]
+fn group_commit_syncs_data_before_names_and_names_before_returning() {
+    let (recorder, results) = group_commit(None);
+    // One file system: one sync for the data, one for the names.
+    assert_eq!(recorder.seen.len(), 2);
+    let (tmp_at_data_sync, new_at_data_sync) = &recorder.seen[0];
+    assert!(
+        new_at_data_sync.is_empty(),
+        "a name in new/ before its data was synced: {new_at_data_sync:?}"
+    );
+    assert_eq!(tmp_at_data_sync.len(), 3);
+    for content in tmp_at_data_sync {
+        assert!(
+            content.starts_with(HEADER) && content.ends_with(b"\n\nbody\r"),
+            "data not fully written before the data sync: {content:?}"
+        );
+    }
+    let (tmp_at_name_sync, new_at_name_sync) = &recorder.seen[1];
+    assert!(tmp_at_name_sync.is_empty());
+    assert_eq!(new_at_name_sync.len(), 3);
+    let paths: Vec<PathBuf> = results.into_iter().flat_map(Result::unwrap).collect();
+    let mut expected = new_at_name_sync.clone();
+    expected.sort();
+    let mut got = paths;
+    got.sort();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn failed_data_sync_fails_the_group_and_leaves_nothing() {
+    let (recorder, results) = group_commit(Some(0));
+    assert_eq!(
+        recorder.seen.len(),
+        1,
+        "names were created after a failed sync"
+    );
+    assert!(results.iter().all(Result::is_err));
+}
+
+#[test]
+fn failed_name_sync_rolls_the_group_back() {
+    let (recorder, results) = group_commit(Some(1));
+    assert_eq!(recorder.seen.len(), 2);
+    assert!(results.iter().all(Result::is_err));
+}
+
+#[test]
+fn one_failed_message_does_not_fail_its_group() {
+    let tmp = temp_dir();
+    let (mut store, root) = store(&tmp);
+    let mut batch = three_deliveries(&mut store);
+    // bob's new/ becomes a file, so linking his message fails.
+    let broken = root.join("example.com/bob/new");
+    fs::remove_dir(&broken).unwrap();
+    fs::write(&broken, b"x").unwrap();
+    batch.rotate_left(1);
+    let results = super::commit_all(batch);
+    assert!(results[0].is_err(), "bob's message was reported stored");
+    assert!(results[1].is_ok() && results[2].is_ok());
+    assert_eq!(names(&root.join("example.com/alice/new")).len(), 1);
+    assert_eq!(names(&root.join("example.com/carol/new")).len(), 1);
+    assert!(names(&root.join("example.com/bob/tmp")).is_empty());
+}

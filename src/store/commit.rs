@@ -1,0 +1,132 @@
+//! Group commit: the messages completed in one turn of the event loop are
+//! made durable together, with one `syncfs` per file system and phase
+//! instead of three `fsync`s per message.
+//!
+//! The Maildir rule that a name in `new/` always points at complete data
+//! survives a crash at any point, because the names are created only after
+//! the data is on stable storage:
+//!
+//! 1. every message's buffered bytes are written to its file in `tmp/`;
+//! 2. `syncfs` on each file system the files live on (data and inodes);
+//! 3. each message is hard-linked into its mailboxes' `new/` and its `tmp/`
+//!    name removed;
+//! 4. `syncfs` again, for the directory entries.
+//!
+//! Only then does the caller learn that a message is durable, and only then
+//! may it answer 250. A message whose sync fails is rolled back (its names
+//! in `new/` removed) and reported as failed, so its client gets a 4xx and
+//! retries. Since Linux 5.8 `syncfs` reports writeback errors, sampled from
+//! when the file was opened, so a failed write-back cannot pass unnoticed.
+
+use std::fs::File;
+use std::io;
+use std::path::PathBuf;
+
+use super::Delivery;
+
+/// Makes a file system's written data and metadata durable; tests use one
+/// that records or fails.
+pub(super) trait Durability {
+    fn sync_fs(&mut self, file: &File) -> io::Result<()>;
+}
+
+/// The real thing.
+struct Syncfs;
+
+impl Durability for Syncfs {
+    fn sync_fs(&mut self, file: &File) -> io::Result<()> {
+        nix::unistd::syncfs(file).map_err(io::Error::from)
+    }
+}
+
+/// Makes every delivery durable in all its mailboxes' `new/` (see the
+/// module documentation) and returns, in order, each one's final paths or
+/// why it failed; a failed one leaves nothing behind.
+pub fn commit_all(deliveries: Vec<Delivery>) -> Vec<io::Result<Vec<PathBuf>>> {
+    commit_with(deliveries, &mut Syncfs)
+}
+
+pub(super) fn commit_with(
+    deliveries: Vec<Delivery>,
+    durability: &mut dyn Durability,
+) -> Vec<io::Result<Vec<PathBuf>>> {
+    let mut batch: Vec<Entry> = deliveries
+        .into_iter()
+        .map(|mut delivery| match delivery.finish_writing() {
+            Ok(()) => Entry::Live(delivery),
+            Err(e) => Entry::fail(delivery, e),
+        })
+        .collect();
+    sync_phase(&mut batch, durability);
+    for entry in &mut batch {
+        if let Entry::Live(delivery) = entry
+            && let Err(e) = delivery.publish()
+        {
+            entry.take_and_fail(e);
+        }
+    }
+    sync_phase(&mut batch, durability);
+    for entry in &mut batch {
+        if let Entry::Live(delivery) = entry
+            && let Err(e) = delivery.sync_foreign_dirs()
+        {
+            entry.take_and_fail(e);
+        }
+    }
+    batch
+        .into_iter()
+        .map(|entry| match entry {
+            Entry::Live(delivery) => Ok(delivery.delivered()),
+            Entry::Failed(e) => Err(e),
+        })
+        .collect()
+}
+
+enum Entry {
+    Live(Delivery),
+    Failed(io::Error),
+}
+
+impl Entry {
+    fn fail(delivery: Delivery, e: io::Error) -> Entry {
+        delivery.failed(&e);
+        Entry::Failed(e)
+    }
+
+    fn take_and_fail(&mut self, e: io::Error) {
+        let placeholder = Entry::Failed(io::Error::other("placeholder"));
+        if let Entry::Live(delivery) = std::mem::replace(self, placeholder) {
+            *self = Entry::fail(delivery, e);
+        }
+    }
+}
+
+/// One `syncfs` per file system among the live deliveries; every delivery
+/// on a file system whose sync failed fails with it.
+fn sync_phase(batch: &mut [Entry], durability: &mut dyn Durability) {
+    let mut devices: Vec<u64> = Vec::new();
+    for entry in batch.iter() {
+        if let Entry::Live(delivery) = entry
+            && !devices.contains(&delivery.device())
+        {
+            devices.push(delivery.device());
+        }
+    }
+    for device in devices {
+        let file = batch.iter().find_map(|entry| match entry {
+            Entry::Live(d) if d.device() == device => d.file(),
+            _ => None,
+        });
+        let Some(result) = file.map(|file| durability.sync_fs(file)) else {
+            continue;
+        };
+        let Err(e) = result else {
+            continue;
+        };
+        for entry in batch.iter_mut() {
+            if matches!(entry, Entry::Live(d) if d.device() == device) {
+                entry.take_and_fail(io::Error::new(e.kind(), format!("syncfs: {e}")));
+            }
+        }
+    }
+}
