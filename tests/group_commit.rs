@@ -1,0 +1,240 @@
+//! Group commit on the wire: messages that end in the same turn of the
+//! event loop are made durable together, and no client hears 250 before
+//! its message's data and its name in new/ are on stable storage (checked
+//! against the system calls the running server makes, traced by strace).
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use common::{Options, Plain, Server, queue_id, scratch_dir};
+
+const CLIENTS: usize = 8;
+
+fn plain_server() -> Server {
+    Server::with(Options {
+        implicit: false,
+        ..Options::default()
+    })
+}
+
+/// A connection that has been answered 354 and may send content.
+fn at_data(server: &Server, user: &str) -> Plain {
+    let mut c = Plain::connect(server.plain[0]);
+    c.expect("220");
+    c.command("EHLO client.test", "250");
+    c.command("MAIL FROM:<sender@client.test>", "250");
+    c.command(&format!("RCPT TO:<{user}@example.org>"), "250");
+    c.command("DATA", "354");
+    c
+}
+
+fn body(client: usize, message: usize) -> String {
+    format!("Subject: {client}/{message}\r\n\r\nfrom client {client}, message {message}\r\n")
+}
+
+#[test]
+fn messages_ending_in_one_turn_share_one_group_commit() {
+    let server = plain_server();
+    let mut clients: Vec<Plain> = (0..CLIENTS).map(|_| at_data(&server, "group")).collect();
+    // With the server stopped, every message's end reaches its socket
+    // before the server can see any of them: one turn of the loop.
+    server.signal("STOP");
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(&format!("{}.\r\n", body(i, 0)));
+    }
+    thread::sleep(Duration::from_millis(300));
+    server.signal("CONT");
+    let ids: Vec<String> = clients
+        .iter_mut()
+        .map(|c| queue_id(&c.expect("250 2.0.0 OK")))
+        .collect();
+    server.wait_log(&format!("group commit of {CLIENTS} message(s)"));
+    for id in &ids {
+        assert!(server.arrival_line(id).contains("<= sender@client.test"));
+    }
+    let stored = server.mailbox("group");
+    assert_eq!(stored.len(), CLIENTS);
+    for i in 0..CLIENTS {
+        let text = body(i, 0).replace("\r\n", "\n");
+        let found = stored
+            .iter()
+            .filter(|m| String::from_utf8_lossy(m).ends_with(&text))
+            .count();
+        assert_eq!(found, 1, "message of client {i} stored {found} times");
+    }
+}
+
+#[test]
+fn a_pipelined_message_waits_for_the_commit_of_the_one_before() {
+    let server = plain_server();
+    let mut c = at_data(&server, "pipe");
+    // The end of one message, a whole second one and QUIT in one write:
+    // the second is only read once the first is durable and answered.
+    c.send(&format!(
+        "{}.\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<pipe@example.org>\r\n\
+         BDAT 5 LAST\r\nhelloQUIT\r\n",
+        body(0, 0)
+    ));
+    let first = queue_id(&c.expect("250 2.0.0 OK"));
+    c.expect("250 2.1.0");
+    c.expect("250 2.1.5");
+    let second = queue_id(&c.expect("250 2.0.0 OK"));
+    c.expect("221");
+    assert_ne!(first, second);
+    assert_eq!(server.mailbox("pipe").len(), 2);
+}
+
+/// One traced system call: (name, arguments, result).
+struct Call {
+    name: String,
+    args: String,
+    result: String,
+}
+
+/// Parses `PID name(args) = result` lines of `strace -f -o`.
+fn parse_trace(text: &str) -> Vec<Call> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line
+                .split_once(' ')
+                .map_or(line, |(_, rest)| rest.trim_start());
+            let open = line.find('(')?;
+            // strace pads short calls: "syncfs(12)      = 0".
+            let equals = line.rfind(" = ")?;
+            let close = line[..equals].rfind(')')?;
+            Some(Call {
+                name: line[..open].to_string(),
+                args: line[open + 1..close].to_string(),
+                result: line[equals + 3..].to_string(),
+            })
+        })
+        .collect()
+}
+
+fn first_arg(call: &Call) -> &str {
+    call.args.split(',').next().unwrap_or("")
+}
+
+/// Runs `strace` attached to the server while `work` runs; returns the calls.
+fn traced(server: &Server, trace: &Path, work: impl FnOnce()) -> Vec<Call> {
+    let mut strace = Command::new("strace")
+        .args(["-f", "-s", "64", "-o"])
+        .arg(trace)
+        .args([
+            "-e",
+            "trace=openat,close,write,sendto,link,linkat,syncfs,fsync,fdatasync",
+            "-p",
+            &server.child.id().to_string(),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("strace is needed: scripts/deps test installs it");
+    let mut stderr = BufReader::new(strace.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.contains("attached"), "strace did not attach: {line}");
+    work();
+    let _ = Command::new("kill")
+        .args(["-INT", &strace.id().to_string()])
+        .status();
+    strace.wait().unwrap();
+    parse_trace(&std::fs::read_to_string(trace).unwrap())
+}
+
+#[test]
+fn no_250_is_sent_before_its_message_is_synced() {
+    const MESSAGES: usize = 3;
+    let server = plain_server();
+    let trace = scratch_dir("strace").join("trace");
+    let calls = traced(&server, &trace, || {
+        let workers: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                let mut c = at_data(&server, "traced");
+                thread::spawn(move || {
+                    for m in 0..MESSAGES {
+                        if m > 0 {
+                            c.command("MAIL FROM:<sender@client.test>", "250");
+                            c.command("RCPT TO:<traced@example.org>", "250");
+                            c.command("DATA", "354");
+                        }
+                        c.send(&format!("{}.\r\n", body(i, m)));
+                        c.expect("250 2.0.0 OK");
+                    }
+                    c.command("QUIT", "221");
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+    });
+    assert_eq!(server.mailbox("traced").len(), CLIENTS * MESSAGES);
+
+    let synced_between = |from: usize, to: usize| {
+        calls[from..to]
+            .iter()
+            .any(|c| c.name == "syncfs" && c.result == "0")
+    };
+    // Which tmp/ file each descriptor is writing, and its last write.
+    let mut open_files: HashMap<String, String> = HashMap::new();
+    let mut last_write: HashMap<String, usize> = HashMap::new();
+    let (mut links, mut oks, mut syncs) = (0, 0, 0);
+    for (i, call) in calls.iter().enumerate() {
+        match call.name.as_str() {
+            "openat" if call.args.contains("/tmp/") && call.args.contains("O_CREAT") => {
+                let path = call.args.split('"').nth(1).unwrap_or("").to_string();
+                open_files.insert(call.result.clone(), path);
+            }
+            "close" => {
+                open_files.remove(first_arg(call));
+            }
+            "write" => {
+                if let Some(path) = open_files.get(first_arg(call)) {
+                    last_write.insert(path.clone(), i);
+                }
+            }
+            "link" | "linkat" if call.result == "0" => {
+                let tmp = call.args.split('"').nth(1).unwrap_or("");
+                let written = *last_write
+                    .get(tmp)
+                    .unwrap_or_else(|| panic!("linked {tmp}, which was never written"));
+                assert!(
+                    synced_between(written, i),
+                    "{tmp} was linked into new/ before its data was synced"
+                );
+                links += 1;
+            }
+            "sendto" => {
+                let replies = call.args.matches("250 2.0.0 OK id=").count();
+                if replies == 0 {
+                    continue;
+                }
+                oks += replies;
+                let last_link = calls[..i]
+                    .iter()
+                    .rposition(|c| c.name.starts_with("link") && c.result == "0")
+                    .expect("a 250 before any message was linked");
+                assert!(links >= oks, "{oks} messages acknowledged, {links} linked");
+                assert!(
+                    synced_between(last_link, i),
+                    "250 sent before the name in new/ was synced: {}",
+                    call.args
+                );
+            }
+            "syncfs" => syncs += 1,
+            "fsync" | "fdatasync" if open_files.contains_key(first_arg(call)) => {
+                panic!("a per-message fsync: {}", call.args)
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(oks, CLIENTS * MESSAGES, "every 250 was seen in the trace");
+    assert_eq!(links, CLIENTS * MESSAGES);
+    eprintln!("{oks} messages, {syncs} syncfs calls");
+}
