@@ -127,6 +127,7 @@ impl Server {
             }
             None => {}
         }
+        store::check_kernel();
         let store = Store::open(&config.maildir, &config.hostname)
             .map_err(|e| format!("mail store {}: {e}", config.maildir.display()))?;
         match store::clean_stale_tmp(&config.maildir, store::STALE_TMP_AGE) {

@@ -39,6 +39,29 @@ impl Durability for Syncfs {
     }
 }
 
+/// Warns when the running kernel's `syncfs` cannot report write-back
+/// errors (before Linux 5.8), which group commit relies on.
+pub fn check_kernel() {
+    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
+        return;
+    };
+    if reports_writeback_errors(&release) == Some(false) {
+        log::warn!(
+            "Linux {} is older than 5.8: syncfs does not report write-back errors, \
+             so a failing disk could go unnoticed before a 250",
+            release.trim()
+        );
+    }
+}
+
+/// For a release string such as "6.1.0-18-amd64"; None if unreadable.
+fn reports_writeback_errors(release: &str) -> Option<bool> {
+    let mut parts = release.trim().split(['.', '-']);
+    let major: u32 = parts.next()?.parse().ok()?;
+    let minor: u32 = parts.next()?.parse().ok()?;
+    Some((major, minor) >= (5, 8))
+}
+
 /// Makes every delivery durable in all its mailboxes' `new/` (see the
 /// module documentation) and returns, in order, each one's final paths or
 /// why it failed; a failed one leaves nothing behind.
@@ -128,5 +151,19 @@ fn sync_phase(batch: &mut [Entry], durability: &mut dyn Durability) {
                 entry.take_and_fail(io::Error::new(e.kind(), format!("syncfs: {e}")));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reports_writeback_errors;
+
+    #[test]
+    fn kernel_releases() {
+        assert_eq!(reports_writeback_errors("6.1.0-18-amd64\n"), Some(true));
+        assert_eq!(reports_writeback_errors("5.8.0"), Some(true));
+        assert_eq!(reports_writeback_errors("5.4.0-150-generic"), Some(false));
+        assert_eq!(reports_writeback_errors("4.19.0"), Some(false));
+        assert_eq!(reports_writeback_errors("garbage"), None);
     }
 }

@@ -32,7 +32,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub use clean::{STALE_TMP_AGE, clean_stale_tmp};
-pub use commit::commit_all;
+pub use commit::{check_kernel, commit_all};
 pub use delivery::Delivery;
 
 use dirs::KnownMailboxes;
