@@ -208,14 +208,7 @@ impl Conn {
         outcome: Result<String, SinkError>,
         shared: &mut Shared,
     ) -> Option<Close> {
-        let mut sink = StoreSink {
-            store: &mut shared.store,
-            queue: &mut shared.commits,
-            pending: &mut self.pending,
-            hostname: &shared.smtp_config.hostname,
-            peer: self.peer,
-            conn: self.key,
-        };
+        let mut sink = StoreSink::new(shared, &mut self.pending, self.peer, self.key);
         let next = self.smtp.commit_finished(outcome, &mut sink);
         let step = self
             .after_input(next, shared)
@@ -408,14 +401,7 @@ impl Conn {
     }
 
     fn feed_smtp(&mut self, bytes: &[u8], shared: &mut Shared) -> Step {
-        let mut sink = StoreSink {
-            store: &mut shared.store,
-            queue: &mut shared.commits,
-            pending: &mut self.pending,
-            hostname: &shared.smtp_config.hostname,
-            peer: self.peer,
-            conn: self.key,
-        };
+        let mut sink = StoreSink::new(shared, &mut self.pending, self.peer, self.key);
         let next = if self.banner_sent {
             self.smtp.receive(bytes, &mut sink)
         } else {

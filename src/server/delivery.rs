@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 
+use super::Shared;
 use super::timers::TimerKey;
 use crate::received;
 use crate::smtp::{Commit, Envelope, MessageSink, SinkError, TlsInfo};
@@ -28,12 +29,32 @@ pub struct Queued {
 
 /// Borrowed for one call into the state machine.
 pub struct StoreSink<'a> {
-    pub store: &'a mut Store,
-    pub queue: &'a mut Vec<Queued>,
-    pub pending: &'a mut Option<Pending>,
-    pub hostname: &'a str,
-    pub peer: SocketAddr,
-    pub conn: TimerKey,
+    store: &'a mut Store,
+    queue: &'a mut Vec<Queued>,
+    pending: &'a mut Option<Pending>,
+    hostname: &'a str,
+    peer: SocketAddr,
+    conn: TimerKey,
+}
+
+impl<'a> StoreSink<'a> {
+    /// For the connection `conn` from `peer`, whose message in progress
+    /// is `pending`.
+    pub fn new(
+        shared: &'a mut Shared,
+        pending: &'a mut Option<Pending>,
+        peer: SocketAddr,
+        conn: TimerKey,
+    ) -> StoreSink<'a> {
+        StoreSink {
+            store: &mut shared.store,
+            queue: &mut shared.commits,
+            pending,
+            hostname: &shared.smtp_config.hostname,
+            peer,
+            conn,
+        }
+    }
 }
 
 fn sink_error(what: &str, e: std::io::Error) -> SinkError {
