@@ -254,21 +254,22 @@ impl FuzzSink {
     /// The group commit's outcome for the queued (last) message.
     fn resolve_queued(&mut self) -> Result<String, SinkError> {
         let index = self.messages.len() - 1;
-        let message = self.messages.last().expect("resolve without a message");
+        let message = &mut self.messages[index];
         assert_eq!(
             message.outcome,
             Outcome::Queued,
             "resolved an unqueued message"
         );
+        if fails(self.fail_commit, index) {
+            // A failed group commit discards the message itself.
+            message.outcome = Outcome::Aborted;
+            return Err(SinkError("group commit fails".into()));
+        }
         self.finish_commit(index)
     }
 
     fn finish_commit(&mut self, index: usize) -> Result<String, SinkError> {
         let message = &mut self.messages[index];
-        if fails(self.fail_commit, index) {
-            message.outcome = Outcome::Aborted;
-            return Err(SinkError("commit fails".into()));
-        }
         let id = format!("m{index}");
         message.outcome = Outcome::Committed(id.clone());
         self.committed_now.push(id.clone());
@@ -357,6 +358,10 @@ impl MessageSink for FuzzSink {
         if index % 2 == 1 {
             self.open().outcome = Outcome::Queued;
             return Ok(Commit::Queued);
+        }
+        if fails(self.fail_commit, index) {
+            // Still open: the engine must abort it.
+            return Err(SinkError("commit fails".into()));
         }
         self.finish_commit(index).map(Commit::Done)
     }
