@@ -106,6 +106,9 @@ impl DerefMut for ServerSession {
     }
 }
 
+/// Largest TLS record plaintext: the room each gnutls_record_recv gets.
+const RECORD_MAX: usize = 16 * 1024;
+
 /// Bounds retries on GnuTLS's non-fatal returns so a misbehaving peer
 /// cannot make one call spin.
 const MAX_RETRIES: usize = 16;
@@ -324,15 +327,23 @@ impl Endpoint {
     /// Decrypts everything GnuTLS can from the input fed so far and appends
     /// the plaintext to `out`.
     pub fn read(&mut self, out: &mut Vec<u8>) -> Result<ReadStatus, TlsError> {
-        let mut buf = [0u8; 16 * 1024];
         let mut retries = 0;
         loop {
-            // SAFETY: buf is writable for buf.len() bytes.
+            // GnuTLS decrypts straight into the spare capacity: no bounce
+            // buffer to zero (16 KiB per call) and copy from.
+            out.reserve(RECORD_MAX);
+            let spare = out.spare_capacity_mut();
+            let room = spare.len();
+            // SAFETY: spare is writable for room bytes; GnuTLS writes at most
+            // that many and returns how many it wrote.
             let rc = unsafe {
-                ffi::gnutls_record_recv(self.raw, buf.as_mut_ptr() as *mut c_void, buf.len())
+                ffi::gnutls_record_recv(self.raw, spare.as_mut_ptr() as *mut c_void, room)
             };
             if rc > 0 {
-                out.extend_from_slice(&buf[..rc as usize]);
+                let n = (rc as usize).min(room);
+                // SAFETY: GnuTLS initialised the first n bytes of the spare
+                // capacity (n <= room, so within the allocation).
+                unsafe { out.set_len(out.len() + n) };
                 continue;
             }
             if rc == 0 {
