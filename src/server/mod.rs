@@ -269,7 +269,9 @@ impl Server {
             let _ = io::Write::write(&mut socket, reply.as_bytes());
             return;
         }
-        let _ = socket.set_nodelay(true);
+        if !listener::NODELAY_INHERITED {
+            let _ = socket.set_nodelay(true);
+        }
         let slot = self.conns.vacant_slot();
         self.next_serial += 1;
         let key = TimerKey {
