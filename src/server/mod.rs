@@ -359,10 +359,11 @@ impl Server {
     }
 
     fn remove(&mut self, slot: usize, close: Close) {
-        let Some(mut conn) = self.conns.remove(slot) else {
+        // No deregister: dropping the connection closes its socket, the
+        // only descriptor of it, which takes it out of the epoll set.
+        let Some(conn) = self.conns.remove(slot) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut conn.socket);
         if let Some(n) = self.per_ip.get_mut(&conn.peer.ip()) {
             *n -= 1;
             if *n == 0 {
