@@ -204,6 +204,7 @@ impl Server {
             self.shared.timers.next_due(),
             self.accept_paused_until,
             self.shutdown_deadline,
+            self.shared.tls.cache_commit_at(),
         ]
         .into_iter()
         .flatten()
@@ -343,6 +344,7 @@ impl Server {
                 (&mut c.deadline, key)
             }));
         }
+        self.shared.tls.commit_cache(now);
         if self.housekeeping_at <= now {
             let due = self.shared.tls.housekeeping();
             let wait = due.saturating_sub(crate::clock::unix_secs()).max(1);
