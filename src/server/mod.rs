@@ -320,7 +320,10 @@ impl Server {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        if let Some(close) = conn.on_ready(readable, event.is_writable(), &mut self.shared) {
+        let peer_closed = event.is_read_closed() || event.is_error();
+        if let Some(close) =
+            conn.on_ready(readable, peer_closed, event.is_writable(), &mut self.shared)
+        {
             self.remove(slot, close);
         }
     }
