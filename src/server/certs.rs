@@ -2,8 +2,12 @@
 //! their replacements.
 //!
 //! Operators replace files atomically (write, then rename). When a session
-//! is about to start, every file is `stat`ed — microseconds, no reading or
-//! parsing — and only when one changed are the credentials rebuilt. GnuTLS
+//! is about to start and inotify reports activity in the files' directories
+//! (see `file_watch`), or at least once per second in any case, every file is
+//! `stat`ed — microseconds, no reading or parsing — and only when one changed
+//! are the credentials rebuilt. A change is thus used by the next connection
+//! on a local filesystem, and within about a second where inotify sees
+//! nothing (NFS, a change made on another host). GnuTLS
 //! credentials are read-only while sessions use them, so a rebuild makes a
 //! new set for new sessions; sessions in progress keep theirs (Rc). A
 //! rebuild that fails keeps the previous set. SIGHUP forces a rebuild.
@@ -17,6 +21,10 @@ use crate::config::CertPair;
 use crate::received::rfc5322_date;
 use crate::tls::ocsp::{self, OcspTimes};
 use crate::tls::{Credentials, x509};
+
+mod file_watch;
+
+use file_watch::FileWatch;
 
 /// What identifies a file's content without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,18 +60,34 @@ pub struct Certs {
     /// Leaf certificate DER and the name it is logged as.
     names: Vec<CertName>,
     current: Rc<Credentials>,
+    watch: FileWatch,
+    /// Unix second of the last `stat` pass.
+    checked_at: i64,
 }
 
 impl Certs {
     /// Loads every pair; a certificate or key that does not load stops the
     /// start. OCSP problems only cost the staple.
     pub fn load(pairs: Vec<CertPair>, now: i64) -> Result<Certs, String> {
+        // Watching starts before the files are looked at, so no change
+        // can fall between the two.
+        let watch = FileWatch::new(pairs.iter().flat_map(|p| {
+            [
+                Some(p.cert.as_path()),
+                Some(p.key.as_path()),
+                p.ocsp.as_deref(),
+            ]
+            .into_iter()
+            .flatten()
+        }));
         let mut certs = Certs {
             seen: Vec::new(),
             last_ocsp: vec![None; pairs.len()],
             names: Vec::new(),
             current: Rc::new(Credentials::new().map_err(|e| e.to_string())?),
             pairs,
+            watch,
+            checked_at: now,
         };
         certs.seen = certs.file_ids();
         let (credentials, names) = certs.build(now)?;
@@ -74,6 +98,13 @@ impl Certs {
 
     /// The credentials for a new session, rebuilt first if any file changed.
     pub fn current(&mut self, now: i64) -> &Rc<Credentials> {
+        // Always ask inotify, so its queue is drained even when the clock
+        // alone calls for a look.
+        let maybe_changed = self.watch.changed();
+        if !maybe_changed && now == self.checked_at {
+            return &self.current;
+        }
+        self.checked_at = now;
         let ids = self.file_ids();
         if ids != self.seen {
             // Remember the new state even if the rebuild fails, so a broken

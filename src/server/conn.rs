@@ -137,7 +137,7 @@ impl Conn {
     /// its commands in one write (Exim's PIPE_CONNECT).
     pub fn start(&mut self, shared: &mut Shared) -> Option<Close> {
         let step = if matches!(self.tls, Tls::Off) {
-            self.read_socket(shared)
+            self.read_socket(shared, true)
         } else {
             Ok(())
         };
@@ -164,19 +164,28 @@ impl Conn {
     }
 
     /// Handles a readiness event. Some(reason) means: remove the connection.
+    /// `peer_closed`: the event also reported the peer's FIN or an error,
+    /// which a short read would not reveal (see `read_into`).
     pub fn on_ready(
         &mut self,
         readable: bool,
+        peer_closed: bool,
         writable: bool,
         shared: &mut Shared,
     ) -> Option<Close> {
-        let step = self.service(readable, writable, shared);
+        let step = self.service(readable, peer_closed, writable, shared);
         self.finish(step)
     }
 
-    fn service(&mut self, readable: bool, writable: bool, shared: &mut Shared) -> Step {
+    fn service(
+        &mut self,
+        readable: bool,
+        peer_closed: bool,
+        writable: bool,
+        shared: &mut Shared,
+    ) -> Step {
         if readable && self.may_read() {
-            self.read_socket(shared)?;
+            self.read_socket(shared, peer_closed)?;
         }
         self.flush()?;
         if writable && self.read_paused && self.output_len() == 0 {
@@ -196,7 +205,7 @@ impl Conn {
     /// so reading resumes without one.
     fn resume_reading(&mut self, shared: &mut Shared) -> Step {
         if self.may_read() {
-            self.read_socket(shared)?;
+            self.read_socket(shared, true)?;
         }
         self.flush()
     }
@@ -271,27 +280,40 @@ impl Conn {
         None
     }
 
-    fn read_socket(&mut self, shared: &mut Shared) -> Step {
+    /// `drain`: read until EAGAIN (see `read_into`).
+    fn read_socket(&mut self, shared: &mut Shared, drain: bool) -> Step {
         let mut buf = mem::take(&mut shared.read_buf);
-        let step = self.read_into(&mut buf, shared);
+        let step = self.read_into(&mut buf, shared, drain);
         shared.read_buf = buf;
         step
     }
 
-    fn read_into(&mut self, buf: &mut [u8], shared: &mut Shared) -> Step {
+    /// Reads until the socket is empty. A read that fills less than the
+    /// buffer already says so — TCP hands over all it has — and anything
+    /// arriving later raises a new edge-triggered event, so the read that
+    /// would only return EAGAIN is skipped (one syscall per TLS flight),
+    /// as nginx does. Not when `drain` is asked for: after an event that
+    /// reported the peer's FIN or an error together with data (a short
+    /// read shows the data, only the next read shows the end), or when the
+    /// read does not follow an event at all.
+    fn read_into(&mut self, buf: &mut [u8], shared: &mut Shared, drain: bool) -> Step {
         while self.closing.is_none() {
-            match self.socket.read(buf) {
+            let n = match self.socket.read(buf) {
                 Ok(0) => return Err(Close::Lost),
-                Ok(n) => self.ingest(&buf[..n], shared)?,
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Close::Io(e)),
-            }
+            };
+            self.ingest(&buf[..n], shared)?;
             if self.smtp.awaiting_commit() {
                 return Ok(());
             }
             if self.output_len() > OUTPUT_HIGH_WATER {
                 self.read_paused = true;
+                return Ok(());
+            }
+            if n < buf.len() && !drain {
                 return Ok(());
             }
         }

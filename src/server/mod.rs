@@ -210,6 +210,7 @@ impl Server {
             self.shared.timers.next_due(),
             self.accept_paused_until,
             self.shutdown_deadline,
+            self.shared.tls.cache_commit_at(),
         ]
         .into_iter()
         .flatten()
@@ -275,7 +276,9 @@ impl Server {
             let _ = io::Write::write(&mut socket, reply.as_bytes());
             return;
         }
-        let _ = socket.set_nodelay(true);
+        if !listener::NODELAY_INHERITED {
+            let _ = socket.set_nodelay(true);
+        }
         let slot = self.conns.vacant_slot();
         self.next_serial += 1;
         let key = TimerKey {
@@ -323,7 +326,10 @@ impl Server {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        if let Some(close) = conn.on_ready(readable, event.is_writable(), &mut self.shared) {
+        let peer_closed = event.is_read_closed() || event.is_error();
+        if let Some(close) =
+            conn.on_ready(readable, peer_closed, event.is_writable(), &mut self.shared)
+        {
             self.remove(slot, close);
         }
     }
@@ -369,6 +375,7 @@ impl Server {
                 (&mut c.deadline, key)
             }));
         }
+        self.shared.tls.commit_cache(now);
         if self.housekeeping_at <= now {
             let due = self.shared.tls.housekeeping();
             let wait = due.saturating_sub(crate::clock::unix_secs()).max(1);
@@ -385,10 +392,11 @@ impl Server {
     }
 
     fn remove(&mut self, slot: usize, close: Close) {
-        let Some(mut conn) = self.conns.remove(slot) else {
+        // No deregister: dropping the connection closes its socket, the
+        // only descriptor of it, which takes it out of the epoll set.
+        let Some(conn) = self.conns.remove(slot) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut conn.socket);
         if let Some(n) = self.per_ip.get_mut(&conn.peer.ip()) {
             *n -= 1;
             if *n == 0 {

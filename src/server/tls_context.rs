@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use super::certs::Certs;
 use crate::clock::unix_secs as unix_now;
@@ -19,12 +20,17 @@ use crate::tls::{self, Negotiated, Priority, ServerSession, SessionSetup, TlsErr
 const TICKETS_SAFE_FROM: (u32, u32, u32) = (3, 6, 14);
 /// Bound on the session cache; the oldest rows go first.
 const CACHE_MAX_ROWS: u64 = 100_000;
+/// How long a new session-cache row may wait to be committed together with
+/// the rows of other handshakes (a lookup commits it at once).
+const CACHE_COMMIT_DELAY: Duration = Duration::from_millis(100);
 
 pub struct TlsContext {
     certs: Certs,
     priority: Rc<Priority>,
     tickets: Option<TicketKeys>,
     cache: Option<Rc<RefCell<SessionCache>>>,
+    /// When the rows the cache holds back are to be committed.
+    cache_commit_at: Option<Instant>,
     lifetime: u32,
 }
 
@@ -50,6 +56,7 @@ impl TlsContext {
             priority: Rc::new(priority),
             tickets: ticket_keys(r.tickets, r.ticket_rotation, r.ticket_lifetime)?,
             cache: None,
+            cache_commit_at: None,
             lifetime: u32::try_from(r.ticket_lifetime).unwrap_or(u32::MAX),
         })
     }
@@ -63,8 +70,36 @@ impl TlsContext {
                 lifetime_secs: r.ticket_lifetime,
                 max_rows: CACHE_MAX_ROWS,
             };
-            Rc::new(RefCell::new(SessionCache::open(path, cache_config)))
+            let mut cache = SessionCache::open(path, cache_config);
+            cache.defer_writes(true);
+            Rc::new(RefCell::new(cache))
         });
+    }
+
+    /// Called after every batch of events: commits the session-cache rows
+    /// once they have waited `CACHE_COMMIT_DELAY`, so that one transaction
+    /// carries the rows of many handshakes.
+    pub fn commit_cache(&mut self, now: Instant) {
+        let Some(cache) = &self.cache else {
+            return;
+        };
+        let Ok(mut c) = cache.try_borrow_mut() else {
+            return;
+        };
+        if c.pending() == 0 {
+            self.cache_commit_at = None;
+            return;
+        }
+        let at = *self.cache_commit_at.get_or_insert(now + CACHE_COMMIT_DELAY);
+        if at <= now {
+            c.flush(unix_now());
+            self.cache_commit_at = None;
+        }
+    }
+
+    /// When `commit_cache` next has work to do.
+    pub fn cache_commit_at(&self) -> Option<Instant> {
+        self.cache_commit_at
     }
 
     /// A session for a client whose ClientHello is `hello` (None when it

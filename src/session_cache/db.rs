@@ -206,6 +206,30 @@ impl Db {
         Ok(())
     }
 
+    /// Stores every row, in order, in one transaction: all or none.
+    pub(super) fn store_all(
+        &mut self,
+        rows: &[super::Pending],
+        max_rows: u64,
+    ) -> rusqlite::Result<()> {
+        let before = self.rows;
+        // Immediate: a database someone else is writing fails here, within
+        // the busy timeout, rather than halfway.
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let stored = rows
+            .iter()
+            .try_for_each(|r| self.store(&r.key, &r.value, r.expires, max_rows))
+            .and_then(|()| self.conn.execute_batch("COMMIT"));
+        if stored.is_err() {
+            // A failed COMMIT may have rolled back already.
+            if !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            self.rows = before;
+        }
+        stored
+    }
+
     pub(super) fn retrieve(&self, key: &[u8], now: i64) -> rusqlite::Result<Option<Vec<u8>>> {
         let mut stmt = self.conn.prepare_cached(SQL_RETRIEVE)?;
         let mut rows = stmt.query(params![key, now])?;

@@ -38,6 +38,8 @@ pub const REOPEN_INTERVAL_SECS: u64 = 60;
 /// While the cache stays disabled, failed reopens are only logged at debug
 /// level; this often an operator is reminded at warning level.
 const REMIND_INTERVAL_SECS: u64 = 3600;
+/// With deferred writes, at most this many rows wait for their commit.
+pub const MAX_PENDING: usize = 256;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheConfig {
@@ -83,6 +85,12 @@ pub struct SessionCache {
     /// The file's identity is checked at most once per caller second, which
     /// bounds the extra `stat` calls under load.
     last_id_check: Option<u64>,
+    /// Deferred writes (see [`SessionCache::defer_writes`]).
+    defer: bool,
+    /// Rows stored but not committed yet, oldest first.
+    pending: Vec<Pending>,
+    /// The caller's clock at the last call, for the commit on drop.
+    last_now: u64,
     #[cfg(test)]
     warnings: u32,
     #[cfg(test)]
@@ -100,6 +108,9 @@ impl SessionCache {
             last_warning: Stamp::Never,
             last_reopen: Stamp::Never,
             last_id_check: None,
+            defer: false,
+            pending: Vec::new(),
+            last_now: 0,
             #[cfg(test)]
             warnings: 0,
             #[cfg(test)]
@@ -131,6 +142,43 @@ impl SessionCache {
         self.db.is_some()
     }
 
+    /// Group commit: `store` only queues the row, and the queue is committed
+    /// in one transaction by [`SessionCache::flush`], when
+    /// [`MAX_PENDING`] rows wait, and before anything reads or deletes rows
+    /// (`retrieve`, `remove`, `purge`, `len`) — so a row is always in the
+    /// database before a lookup could need it — and on drop. A single-row
+    /// commit costs more than a full TLS 1.2 handshake's share of the
+    /// server's CPU should (WAL frames, locks, a random B-tree page); the
+    /// caller decides how long rows may wait for `flush`.
+    pub fn defer_writes(&mut self, on: bool) {
+        self.defer = on;
+        if !on {
+            let now = self.last_now;
+            self.flush(now);
+        }
+    }
+
+    /// Rows waiting for their commit.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Commits the rows `store` queued, in one transaction. Rows that
+    /// cannot be committed are dropped, as a failed `store` would have been.
+    pub fn flush(&mut self, now: u64) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let rows = std::mem::take(&mut self.pending);
+        let max_rows = self.config.max_rows;
+        let Some(db) = self.ready(now) else {
+            return;
+        };
+        if let Err(err) = db.store_all(&rows, max_rows) {
+            self.failed(now, "store", err);
+        }
+    }
+
     /// Stores `value` under `key` until `now + lifetime_secs`, replacing any
     /// earlier entry. False if it was not stored, for whatever reason.
     pub fn store(&mut self, key: &[u8], value: &[u8], now: u64) -> bool {
@@ -147,6 +195,21 @@ impl SessionCache {
         }
         let expires = db_time(now.saturating_add(self.config.lifetime_secs));
         let max_rows = self.config.max_rows;
+        self.last_now = now;
+        if self.defer {
+            if self.ready(now).is_none() {
+                return false;
+            }
+            self.pending.push(Pending {
+                key: key.to_vec(),
+                value: value.to_vec(),
+                expires,
+            });
+            if self.pending.len() >= MAX_PENDING {
+                self.flush(now);
+            }
+            return true;
+        }
         let Some(db) = self.ready(now) else {
             return false;
         };
@@ -164,6 +227,7 @@ impl SessionCache {
         if !valid_key(key) {
             return None;
         }
+        self.flush(now);
         let db = self.ready(now)?;
         match db.retrieve(key, db_time(now)) {
             Ok(value) => value,
@@ -179,6 +243,7 @@ impl SessionCache {
         if !valid_key(key) {
             return false;
         }
+        self.flush(now);
         let Some(db) = self.ready(now) else {
             return false;
         };
@@ -193,6 +258,7 @@ impl SessionCache {
 
     /// Deletes expired entries and returns how many there were.
     pub fn purge(&mut self, now: u64) -> usize {
+        self.flush(now);
         let Some(db) = self.ready(now) else {
             return 0;
         };
@@ -221,6 +287,8 @@ impl SessionCache {
         reason = "the server has no use for is_empty, which would be dead code there"
     )]
     pub fn len(&mut self) -> u64 {
+        let now = self.last_now;
+        self.flush(now);
         let Some(db) = self.db.as_mut() else {
             return 0;
         };
@@ -370,6 +438,21 @@ impl SessionCache {
             self.warnings += 1;
         }
     }
+}
+
+impl Drop for SessionCache {
+    fn drop(&mut self) {
+        let now = self.last_now;
+        self.flush(now);
+    }
+}
+
+/// A row queued by `store` in deferred mode.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) key: Vec<u8>,
+    pub(crate) value: Vec<u8>,
+    pub(crate) expires: i64,
 }
 
 fn valid_key(key: &[u8]) -> bool {

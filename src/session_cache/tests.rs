@@ -762,3 +762,119 @@ fn logs_never_contain_keys_or_values() {
         }
     }
 }
+
+// ---- deferred writes (group commit) ----------------------------------------------------
+
+/// Rows in the file, as another connection sees them.
+fn rows_on_disk(path: &Path) -> i64 {
+    Connection::open(path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM sessions", [], |row| row.get(0))
+        .unwrap()
+}
+
+fn deferred(path: &Path, config: CacheConfig) -> SessionCache {
+    let mut cache = SessionCache::open(path, config);
+    cache.defer_writes(true);
+    cache
+}
+
+#[test]
+fn deferred_rows_are_committed_before_any_lookup() {
+    let tmp = temp_dir();
+    let path = db(&tmp);
+    let mut cache = deferred(&path, CONFIG);
+    assert!(cache.store(b"id-1", b"one", T0));
+    assert!(cache.store(b"id-2", b"two", T0));
+    assert_eq!(cache.pending(), 2);
+    assert_eq!(rows_on_disk(&path), 0);
+    // The lookup commits everything queued first, then finds the row.
+    assert_eq!(cache.retrieve(b"id-2", T0).as_deref(), Some(&b"two"[..]));
+    assert_eq!(cache.pending(), 0);
+    assert_eq!(rows_on_disk(&path), 2);
+    // A replacement queued after the first commit wins, as without deferral.
+    assert!(cache.store(b"id-1", b"three", T0 + 1));
+    assert_eq!(
+        cache.retrieve(b"id-1", T0 + 1).as_deref(),
+        Some(&b"three"[..])
+    );
+    assert_eq!(cache.len(), 2);
+    // Removing a queued row removes it.
+    assert!(cache.store(b"id-3", b"four", T0 + 2));
+    assert!(cache.remove(b"id-3", T0 + 2));
+    assert_eq!(cache.retrieve(b"id-3", T0 + 2), None);
+    assert_eq!(cache.warnings, 0);
+}
+
+#[test]
+fn deferred_rows_are_committed_when_many_wait_on_flush_and_on_drop() {
+    let tmp = temp_dir();
+    let path = db(&tmp);
+    let mut cache = deferred(&path, CONFIG);
+    for n in 0..super::MAX_PENDING as u32 - 1 {
+        assert!(cache.store(&key(n), b"v", T0));
+    }
+    assert_eq!(rows_on_disk(&path), 0);
+    assert!(cache.store(&key(9999), b"v", T0));
+    assert_eq!(cache.pending(), 0);
+    assert_eq!(rows_on_disk(&path), super::MAX_PENDING as i64);
+    assert!(cache.store(b"flushed", b"v", T0));
+    cache.flush(T0);
+    assert_eq!(rows_on_disk(&path), super::MAX_PENDING as i64 + 1);
+    assert!(cache.store(b"dropped", b"v", T0));
+    drop(cache);
+    assert_eq!(rows_on_disk(&path), super::MAX_PENDING as i64 + 2);
+}
+
+#[test]
+fn deferred_commit_evicts_like_single_stores() {
+    let tmp = temp_dir();
+    let config = CacheConfig {
+        lifetime_secs: 3600,
+        max_rows: 3,
+    };
+    let mut cache = deferred(&db(&tmp), config);
+    for n in 0..5 {
+        assert!(cache.store(&key(n), b"v", T0));
+    }
+    let kept: Vec<u32> = (0..5)
+        .filter(|&n| cache.retrieve(&key(n), T0).is_some())
+        .collect();
+    assert_eq!(kept, vec![2, 3, 4]);
+    assert_eq!(cache.len(), 3);
+}
+
+#[test]
+fn deferred_commit_into_a_locked_database_is_a_miss_not_a_failure() {
+    let tmp = temp_dir();
+    let path = db(&tmp);
+    let mut cache = deferred(&path, CONFIG);
+    assert!(cache.store(b"before", b"v", T0));
+    cache.flush(T0);
+    let locker = Connection::open(&path).unwrap();
+    locker
+        .execute_batch("BEGIN EXCLUSIVE; INSERT INTO sessions VALUES (x'00', x'00', 0);")
+        .unwrap();
+    let logging = capture_logs();
+    let started = Instant::now();
+    assert!(cache.store(b"lost", b"v", T0 + 1));
+    cache.flush(T0 + 1);
+    assert!(started.elapsed().as_millis() < 2000);
+    assert_eq!(
+        cache.pending(),
+        0,
+        "rows that cannot be committed are dropped"
+    );
+    assert!(cache.is_enabled());
+    assert_eq!(cache.warnings, 1);
+    if logging {
+        let warnings = captured(log::Level::Warn);
+        assert!(warnings[0].contains("treated as a miss"), "{warnings:?}");
+    }
+    locker.execute_batch("ROLLBACK;").unwrap();
+    assert_eq!(cache.retrieve(b"lost", T0 + 2), None);
+    assert!(cache.retrieve(b"before", T0 + 2).is_some());
+    assert!(cache.store(b"after", b"v", T0 + 3));
+    assert_eq!(cache.retrieve(b"after", T0 + 3).as_deref(), Some(&b"v"[..]));
+    assert_eq!(cache.len(), 2);
+}

@@ -403,28 +403,55 @@ fn supported_versions(data: &[u8]) -> Option<bool> {
     Some(versions.chunks_exact(2).any(|version| version == TLS13))
 }
 
-/// Set of extension types seen so far: one bit per possible u16 (8 KiB on the stack), so
-/// duplicate detection is O(1) per extension without allocating, even for a hostile hello
-/// with ~16k empty extensions.
-struct SeenTypes([u64; 1 << 10]);
-
-impl Default for SeenTypes {
-    fn default() -> Self {
-        Self([0; 1 << 10])
-    }
+/// Set of extension types seen so far. Real hellos carry a few dozen
+/// extensions: those are kept in a small inline list (no 8 KiB bitmap to
+/// zero on every connection). Past that, one bit per possible u16 on the
+/// heap, so duplicate detection stays O(1) per extension even for a hostile
+/// hello with ~16k empty extensions.
+#[derive(Default)]
+struct SeenTypes {
+    few: [u16; SEEN_INLINE],
+    len: usize,
+    many: Option<Box<[u64; 1 << 10]>>,
 }
+
+const SEEN_INLINE: usize = 32;
 
 impl SeenTypes {
     /// Records `ty`; false if it was already there.
     fn insert(&mut self, ty: u16) -> bool {
-        let bit = 1u64 << (ty & 63);
-        match self.0.get_mut(usize::from(ty >> 6)) {
-            Some(word) if *word & bit == 0 => {
-                *word |= bit;
-                true
+        if self.many.is_none() {
+            let few = &self.few[..self.len];
+            if few.contains(&ty) {
+                return false;
             }
-            _ => false,
+            if let Some(slot) = self.few.get_mut(self.len) {
+                *slot = ty;
+                self.len += 1;
+                return true;
+            }
+            let mut bits = Box::new([0u64; 1 << 10]);
+            for &t in &self.few {
+                set_bit(&mut bits, t);
+            }
+            self.many = Some(bits);
         }
+        match self.many.as_deref_mut() {
+            Some(bits) => set_bit(bits, ty),
+            None => false,
+        }
+    }
+}
+
+/// Sets `ty`'s bit; false if it was already set.
+fn set_bit(bits: &mut [u64; 1 << 10], ty: u16) -> bool {
+    let bit = 1u64 << (ty & 63);
+    match bits.get_mut(usize::from(ty >> 6)) {
+        Some(word) if *word & bit == 0 => {
+            *word |= bit;
+            true
+        }
+        _ => false,
     }
 }
 
@@ -1038,6 +1065,34 @@ mod tests {
             .ext(other(0xffff, &[]))
             .record();
         assert_eq!(parse(&buf), Parse::NotClientHello);
+    }
+
+    #[test]
+    fn duplicates_are_found_past_the_inline_list() {
+        // Distinct types beyond the inline list are fine...
+        let many = |extra: Option<u16>| {
+            let mut b = Builder::new();
+            for ty in 0..(SEEN_INLINE as u16 + 20) {
+                b = b.ext(other(0x1000 + ty, &[]));
+            }
+            if let Some(ty) = extra {
+                b = b.ext(other(ty, &[]));
+            }
+            b.record()
+        };
+        assert!(matches!(parse(&many(None)), Parse::Complete(_)));
+        // ...and a repeat of one kept inline, or of one only in the bitmap,
+        // is still caught.
+        assert_eq!(parse(&many(Some(0x1000))), Parse::NotClientHello);
+        assert_eq!(
+            parse(&many(Some(0x1000 + SEEN_INLINE as u16 + 5))),
+            Parse::NotClientHello
+        );
+        let mut seen = SeenTypes::default();
+        for ty in 0..=u16::MAX {
+            assert!(seen.insert(ty));
+        }
+        assert!(!seen.insert(7) && !seen.insert(u16::MAX));
     }
 
     #[test]

@@ -27,6 +27,10 @@ struct Transport {
     /// Key names of the tickets this session sent (GnuTLS never sets
     /// GNUTLS_SFLAGS_SESSION_TICKET on a server, so we watch the wire).
     tickets_sent: Vec<KeyName>,
+    /// The client's Finished has been received.
+    client_finished: bool,
+    /// Refuse the next push once (EAGAIN): see `handshake_hook`.
+    hold_push: bool,
 }
 
 impl Transport {
@@ -106,6 +110,9 @@ impl DerefMut for ServerSession {
     }
 }
 
+/// Largest TLS record plaintext: the room each gnutls_record_recv gets.
+const RECORD_MAX: usize = 16 * 1024;
+
 /// Bounds retries on GnuTLS's non-fatal returns so a misbehaving peer
 /// cannot make one call spin.
 const MAX_RETRIES: usize = 16;
@@ -142,9 +149,9 @@ impl ServerSession {
             ffi::gnutls_db_set_cache_expiration(self.ep.raw, lifetime);
             ffi::gnutls_handshake_set_hook_function(
                 self.ep.raw,
-                ffi::GNUTLS_HANDSHAKE_NEW_SESSION_TICKET,
+                HANDSHAKE_ANY,
                 ffi::GNUTLS_HOOK_POST as c_int,
-                Some(ticket_hook),
+                Some(handshake_hook),
             );
         }
         if let Some(key) = setup.ticket_key {
@@ -227,6 +234,8 @@ impl Endpoint {
                 read_pos: 0,
                 outgoing: Vec::new(),
                 tickets_sent: Vec::new(),
+                client_finished: false,
+                hold_push: false,
             }),
         };
         ep.configure(credentials, priority)?;
@@ -324,15 +333,23 @@ impl Endpoint {
     /// Decrypts everything GnuTLS can from the input fed so far and appends
     /// the plaintext to `out`.
     pub fn read(&mut self, out: &mut Vec<u8>) -> Result<ReadStatus, TlsError> {
-        let mut buf = [0u8; 16 * 1024];
         let mut retries = 0;
         loop {
-            // SAFETY: buf is writable for buf.len() bytes.
+            // GnuTLS decrypts straight into the spare capacity: no bounce
+            // buffer to zero (16 KiB per call) and copy from.
+            out.reserve(RECORD_MAX);
+            let spare = out.spare_capacity_mut();
+            let room = spare.len();
+            // SAFETY: spare is writable for room bytes; GnuTLS writes at most
+            // that many and returns how many it wrote.
             let rc = unsafe {
-                ffi::gnutls_record_recv(self.raw, buf.as_mut_ptr() as *mut c_void, buf.len())
+                ffi::gnutls_record_recv(self.raw, spare.as_mut_ptr() as *mut c_void, room)
             };
             if rc > 0 {
-                out.extend_from_slice(&buf[..rc as usize]);
+                let n = (rc as usize).min(room);
+                // SAFETY: GnuTLS initialised the first n bytes of the spare
+                // capacity (n <= room, so within the allocation).
+                unsafe { out.set_len(out.len() + n) };
                 continue;
             }
             if rc == 0 {
@@ -491,6 +508,12 @@ unsafe extern "C" fn push(
             std::slice::from_raw_parts(data as *const u8, len),
         )
     };
+    if io.hold_push {
+        io.hold_push = false;
+        // SAFETY: io.session is the live session calling us.
+        unsafe { ffi::gnutls_transport_set_errno(io.session, libc::EAGAIN) };
+        return -1;
+    }
     io.outgoing.extend_from_slice(data);
     len as isize
 }
@@ -529,37 +552,69 @@ unsafe extern "C" fn pull_timeout(ptr: ffi::gnutls_transport_ptr_t, _ms: c_uint)
     }
 }
 
-/// Sees every outgoing NewSessionTicket and records the ticket's key name
-/// (its first 16 bytes, where GnuTLS puts the name of the key that
-/// encrypted it).
-unsafe extern "C" fn ticket_hook(
+/// `gnutls_handshake_set_hook_function` takes this for "every message"
+/// (a cast macro in gnutls.h that bindgen does not translate).
+const HANDSHAKE_ANY: c_uint = c_uint::MAX;
+
+/// Sees every handshake message. Records the key name of each outgoing
+/// NewSessionTicket (its first 16 bytes, where GnuTLS puts the name of the
+/// key that encrypted it), and notes the client's Finished.
+///
+/// On a TLS 1.3 full handshake GnuTLS queues its tickets right after its
+/// own Finished, before the client's Finished can have arrived, and then
+/// goes on to wait for that Finished — computing the expected value (a hash
+/// of the whole transcript, certificate chain included) before it looks
+/// for the message, again on every call that finds it missing. A blocking
+/// server pays that once; over a non-blocking transport the call that sends
+/// the server's flight paid it in vain. So the push that would flush those
+/// tickets is refused once (EAGAIN): the handshake call stops there, with
+/// the server's flight already out, and the call that brings the client's
+/// Finished flushes the tickets and verifies the Finished in one go. The
+/// tickets reach the client with the next write (the banner) instead of
+/// with the flight, as OpenSSL servers send them.
+unsafe extern "C" fn handshake_hook(
     session: ffi::gnutls_session_t,
     htype: c_uint,
     _when: c_uint,
     incoming: c_uint,
     msg: *const ffi::gnutls_datum_t,
 ) -> c_int {
-    if htype != ffi::GNUTLS_HANDSHAKE_NEW_SESSION_TICKET || incoming != 0 || msg.is_null() {
+    // SAFETY: GnuTLS passes the live session; the session pointer is the
+    // Transport set in configure().
+    let io = unsafe { ffi::gnutls_session_get_ptr(session) as *mut Transport };
+    if io.is_null() {
         return 0;
     }
-    // SAFETY: GnuTLS passes the live session and a datum describing the
-    // message body for the duration of the call; the session pointer is the
-    // Transport set in configure().
-    let (io, body, tls13) = unsafe {
-        let io = ffi::gnutls_session_get_ptr(session) as *mut Transport;
+    // SAFETY: as above; nothing else touches the Transport during the hook.
+    let io = unsafe { &mut *io };
+    if incoming != 0 {
+        if htype == ffi::GNUTLS_HANDSHAKE_FINISHED {
+            io.client_finished = true;
+        }
+        return 0;
+    }
+    if htype != ffi::GNUTLS_HANDSHAKE_NEW_SESSION_TICKET || msg.is_null() {
+        return 0;
+    }
+    // SAFETY: GnuTLS passes a datum describing the message body for the
+    // duration of the call.
+    let (body, tls13) = unsafe {
         let msg = &*msg;
-        if io.is_null() || msg.data.is_null() {
+        if msg.data.is_null() {
             return 0;
         }
-        let body = std::slice::from_raw_parts(msg.data, msg.size as usize);
         (
-            &mut *io,
-            body,
+            std::slice::from_raw_parts(msg.data, msg.size as usize),
             ffi::gnutls_protocol_get_version(session) == ffi::GNUTLS_TLS1_3,
         )
     };
     if let Some(name) = ticket_key_name(body, tls13) {
         io.tickets_sent.push(name);
+    }
+    // Only TLS 1.3 sends tickets after the server's whole flight; under
+    // TLS 1.2 they precede the server's Finished, which must not wait.
+    if tls13 && !io.client_finished {
+        io.hold_push = true;
     }
     0
 }
