@@ -67,6 +67,8 @@ struct Opts {
     tls13: bool,
     resume: bool,
     tickets: bool,
+    /// Without --resume: still ask for TLS 1.2 tickets.
+    request_tickets: bool,
     ca: String,
     server_name: String,
     concurrency: usize,
@@ -132,7 +134,7 @@ fn tls_fail(e: rustls::Error) -> Failure {
 }
 
 /// (flag, value hint or "" for a plain flag, help).
-const FLAGS: [(&str, &str, &str); 18] = [
+const FLAGS: [(&str, &str, &str); 19] = [
     ("connect", "HOST:PORT", "target, loopback only"),
     ("mode", "MODE", "implicit (default) or starttls"),
     ("tls", "VER", "TLS version: 1.2 or 1.3 (default)"),
@@ -141,6 +143,11 @@ const FLAGS: [(&str, &str, &str); 18] = [
         "no-tickets-client",
         "",
         "with --resume: TLS 1.2 by session ID only",
+    ),
+    (
+        "request-tickets",
+        "",
+        "without --resume: ask for TLS 1.2 tickets, never resume",
     ),
     ("ca", "FILE", "PEM CA certificate(s) to verify the server"),
     ("server-name", "NAME", "name to verify (default localhost)"),
@@ -234,6 +241,7 @@ fn parse_args(args: &[String]) -> Result<Option<Opts>, String> {
         tls13,
         resume: m.opt_present("resume"),
         tickets: !m.opt_present("no-tickets-client"),
+        request_tickets: m.opt_present("request-tickets"),
         ca,
         server_name: m
             .opt_str("server-name")
@@ -274,6 +282,13 @@ fn client_config(o: &Opts, roots: &Arc<RootCertStore>) -> Result<Arc<ClientConfi
             Tls12Resumption::SessionIdOnly
         };
         Resumption::in_memory_sessions(SESSION_CACHE).tls12_resumption(tls12)
+    } else if o.request_tickets {
+        // Nothing is stored, so nothing is offered: every handshake is a
+        // full one, but a TLS 1.2 server sees a client that asks for a
+        // ticket, as the first connection of a client able to resume does
+        // (TLS 1.3 servers issue tickets either way). A server then sends a
+        // ticket rather than keep the session in its session-ID cache.
+        Resumption::disabled().tls12_resumption(Tls12Resumption::SessionIdOrTickets)
     } else {
         Resumption::disabled()
     };
@@ -613,6 +628,15 @@ impl Opts {
     fn tls_name(&self) -> &'static str {
         if self.tls13 { "1.3" } else { "1.2" }
     }
+
+    /// Whether a TLS 1.2 ClientHello asks for (or offers) a ticket.
+    fn tls12_ticket_requested(&self) -> bool {
+        if self.resume {
+            self.tickets
+        } else {
+            self.request_tickets
+        }
+    }
 }
 
 fn text_line(o: &Opts, t: &Tally, r: &Report) -> String {
@@ -672,6 +696,10 @@ fn json_doc(o: &Opts, t: &Tally, r: &Report) -> String {
         ("tls", json_str(o.tls_name())),
         ("resume", o.resume.to_string()),
         ("tls12_tickets", o.tickets.to_string()),
+        (
+            "tls12_ticket_requested",
+            o.tls12_ticket_requested().to_string(),
+        ),
         ("smtp", o.smtp.to_string()),
         ("messages_per_conn", o.messages.to_string()),
         ("message_bytes", (o.body.len() - 3).to_string()),
