@@ -4,9 +4,19 @@
 //!
 //! Per connection: TCP connect, optionally the SMTP STARTTLS dialogue, the
 //! TLS handshake, optionally EHLO/QUIT inside TLS (`--smtp`), then
-//! close_notify and a wait for the server to close (so TLS 1.3 session
-//! tickets sent after the handshake are received and the server has finished
-//! its work on the connection before the next one starts).
+//! close_notify, a TCP half-close, and a wait for the server to close (so
+//! TLS 1.3 session tickets sent after the handshake are received and the
+//! server has finished its work on the connection before the next one
+//! starts). Exim takes a client's close_notify as the end of TLS, not of
+//! the connection, and goes on in cleartext: the half-close ends its
+//! session, and its cleartext `421` after our close_notify is read and
+//! dropped (counted as `cleartext_after_close`), not taken for a TLS error.
+//!
+//! With `--server-pid`, the server's CPU time (its own and that of the
+//! children it has reaped) is read before and after the measured
+//! connections, each time once the server has no child process left (an
+//! Exim daemon forks one per connection), so the figure per connection is
+//! the whole cost of a connection for a forking server too.
 //!
 //! Only loopback targets are accepted: an IP literal in 127.0.0.0/8 or ::1,
 //! or `localhost` (taken as 127.0.0.1 without any name lookup).
@@ -14,12 +24,12 @@
 //! Run `loadgen --help` for the flags.
 mod common;
 
-use common::{cpu_ticks, json_str, load_roots, loopback_target, num, percentile_ms};
+use common::{child_count, cpu_ticks, json_str, load_roots, loopback_target, num, percentile_ms};
 
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, OnceLock};
@@ -29,7 +39,7 @@ use std::time::{Duration, Instant};
 use getopts::Options;
 use rustls::client::{Resumption, Tls12Resumption};
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection, HandshakeKind, RootCertStore};
+use rustls::{ClientConfig, ClientConnection, HandshakeKind, InvalidMessage, RootCertStore};
 
 /// Connect, read and write timeout of every socket.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,6 +47,12 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const SESSION_CACHE: usize = 32;
 /// A reply longer than this is a protocol error.
 const MAX_REPLY: usize = 64 * 1024;
+/// Before each CPU reading: how long to wait at most for the server's
+/// children to be reaped, how often to look, and a pause after that for
+/// the server to finish with the last connections.
+const SETTLE_MAX: Duration = Duration::from_secs(10);
+const SETTLE_POLL: Duration = Duration::from_millis(10);
+const SETTLE_PAUSE: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -51,6 +67,8 @@ struct Opts {
     tls13: bool,
     resume: bool,
     tickets: bool,
+    /// Without --resume: still ask for TLS 1.2 tickets.
+    request_tickets: bool,
     ca: String,
     server_name: String,
     concurrency: usize,
@@ -71,11 +89,18 @@ struct Opts {
 enum ErrKind {
     Connect = 0,
     Tls = 1,
-    Smtp = 2,
-    Timeout = 3,
+    /// A 4xx reply where a 2xx or 3xx one was expected.
+    Smtp4xx = 2,
+    /// A 5xx reply where a 2xx or 3xx one was expected.
+    Smtp5xx = 3,
+    /// Any other SMTP trouble: a malformed reply, another code than the one
+    /// expected, the connection closed or failing while awaiting a reply.
+    Smtp = 4,
+    Timeout = 5,
 }
 
-const KIND_NAMES: [&str; 4] = ["connect", "tls", "smtp", "timeout"];
+const KINDS: usize = 6;
+const KIND_NAMES: [&str; KINDS] = ["connect", "tls", "smtp-4xx", "smtp-5xx", "smtp", "timeout"];
 
 struct Failure {
     kind: ErrKind,
@@ -109,7 +134,7 @@ fn tls_fail(e: rustls::Error) -> Failure {
 }
 
 /// (flag, value hint or "" for a plain flag, help).
-const FLAGS: [(&str, &str, &str); 18] = [
+const FLAGS: [(&str, &str, &str); 19] = [
     ("connect", "HOST:PORT", "target, loopback only"),
     ("mode", "MODE", "implicit (default) or starttls"),
     ("tls", "VER", "TLS version: 1.2 or 1.3 (default)"),
@@ -118,6 +143,11 @@ const FLAGS: [(&str, &str, &str); 18] = [
         "no-tickets-client",
         "",
         "with --resume: TLS 1.2 by session ID only",
+    ),
+    (
+        "request-tickets",
+        "",
+        "without --resume: ask for TLS 1.2 tickets, never resume",
     ),
     ("ca", "FILE", "PEM CA certificate(s) to verify the server"),
     ("server-name", "NAME", "name to verify (default localhost)"),
@@ -211,6 +241,7 @@ fn parse_args(args: &[String]) -> Result<Option<Opts>, String> {
         tls13,
         resume: m.opt_present("resume"),
         tickets: !m.opt_present("no-tickets-client"),
+        request_tickets: m.opt_present("request-tickets"),
         ca,
         server_name: m
             .opt_str("server-name")
@@ -251,15 +282,22 @@ fn client_config(o: &Opts, roots: &Arc<RootCertStore>) -> Result<Arc<ClientConfi
             Tls12Resumption::SessionIdOnly
         };
         Resumption::in_memory_sessions(SESSION_CACHE).tls12_resumption(tls12)
+    } else if o.request_tickets {
+        // Nothing is stored, so nothing is offered: every handshake is a
+        // full one, but a TLS 1.2 server sees a client that asks for a
+        // ticket, as the first connection of a client able to resume does
+        // (TLS 1.3 servers issue tickets either way). A server then sends a
+        // ticket rather than keep the session in its session-ID cache.
+        Resumption::disabled().tls12_resumption(Tls12Resumption::SessionIdOrTickets)
     } else {
         Resumption::disabled()
     };
     Ok(Arc::new(cfg))
 }
 
-/// Reads one (possibly multi-line) SMTP reply and returns its code; bytes
-/// after it stay in `buf`.
-fn read_reply<R: Read>(r: &mut R, buf: &mut Vec<u8>) -> Result<u16, Failure> {
+/// Reads one (possibly multi-line) SMTP reply and returns its code and last
+/// line; bytes after it stay in `buf`.
+fn read_reply<R: Read>(r: &mut R, buf: &mut Vec<u8>) -> Result<(u16, String), Failure> {
     let mut chunk = [0u8; 2048];
     loop {
         let mut start = 0;
@@ -275,8 +313,9 @@ fn read_reply<R: Read>(r: &mut R, buf: &mut Vec<u8>) -> Result<u16, Failure> {
             };
             match line.get(3) {
                 None | Some(b' ') => {
+                    let text = String::from_utf8_lossy(line).into_owned();
                     buf.drain(..start);
-                    return Ok(code);
+                    return Ok((code, text));
                 }
                 Some(b'-') => {}
                 Some(_) => return Err(fail(ErrKind::Smtp, "malformed reply line")),
@@ -293,37 +332,64 @@ fn read_reply<R: Read>(r: &mut R, buf: &mut Vec<u8>) -> Result<u16, Failure> {
     }
 }
 
+/// Reads a reply; any code but `want` is an error of the kind its class
+/// says (4xx, 5xx, or an unexpected success).
 fn expect<R: Read>(r: &mut R, buf: &mut Vec<u8>, want: u16, after: &str) -> Result<(), Failure> {
-    match read_reply(r, buf)? {
-        code if code == want => Ok(()),
-        code => Err(fail(
-            ErrKind::Smtp,
-            format!("{after}: got {code}, want {want}"),
-        )),
+    let (code, text) = read_reply(r, buf)?;
+    if code == want {
+        return Ok(());
     }
+    let kind = match code {
+        400..=499 => ErrKind::Smtp4xx,
+        500..=599 => ErrKind::Smtp5xx,
+        _ => ErrKind::Smtp,
+    };
+    Err(fail(kind, format!("{after}: got {text:?}, want {want}")))
 }
 
 fn send<W: Write>(w: &mut W, line: &[u8]) -> Result<(), Failure> {
     w.write_all(line).map_err(|e| io_fail(e, ErrKind::Smtp))
 }
 
-/// Sends close_notify, then reads until the server closes (close_notify or
-/// EOF), processing what arrives meanwhile, such as TLS 1.3 tickets.
-fn close(tls: &mut ClientConnection, sock: &mut TcpStream) -> Result<(), Failure> {
+/// How a connection ended after our close_notify.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Closed {
+    /// close_notify from the server, its EOF or its reset.
+    Tls,
+    /// Cleartext where the next TLS record should begin: the server took
+    /// our close_notify for the end of TLS only (Exim does) and wrote in
+    /// the clear, which is read to EOF and dropped.
+    Cleartext,
+}
+
+/// Sends close_notify and half-closes the socket, then reads until the
+/// server closes (close_notify or EOF), processing what arrives meanwhile,
+/// such as TLS 1.3 tickets.
+fn close(tls: &mut ClientConnection, sock: &mut TcpStream) -> Result<Closed, Failure> {
     tls.send_close_notify();
     while tls.wants_write() {
         tls.write_tls(sock).map_err(|e| io_fail(e, ErrKind::Tls))?;
     }
+    // The server may already have closed: then the half-close has nothing
+    // to do, and its failure tells nothing.
+    let _ = sock.shutdown(Shutdown::Write);
     let mut sink = [0u8; 4096];
     loop {
         match tls.read_tls(sock) {
-            Ok(0) => return Ok(()),
+            Ok(0) => return Ok(Closed::Tls),
             Ok(_) => {}
             // A server may reset rather than close once it has our alert.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(Closed::Tls),
             Err(e) => return Err(io_fail(e, ErrKind::Tls)),
         }
-        let state = tls.process_new_packets().map_err(tls_fail)?;
+        let state = match tls.process_new_packets() {
+            Ok(state) => state,
+            Err(rustls::Error::InvalidMessage(InvalidMessage::InvalidContentType)) => {
+                drain(sock)?;
+                return Ok(Closed::Cleartext);
+            }
+            Err(e) => return Err(tls_fail(e)),
+        };
         let mut left = state.plaintext_bytes_to_read();
         while left > 0 {
             let n = tls
@@ -333,19 +399,39 @@ fn close(tls: &mut ClientConnection, sock: &mut TcpStream) -> Result<(), Failure
             left = left.saturating_sub(n.max(1));
         }
         if state.peer_has_closed() {
-            return Ok(());
+            return Ok(Closed::Tls);
         }
     }
 }
 
-/// One connection; returns its latency (connect → handshake done, or →
-/// 221 to QUIT with `--smtp`) and whether the session was resumed.
+/// Reads and drops what the socket holds until EOF (or a reset).
+fn drain(sock: &mut TcpStream) -> Result<(), Failure> {
+    let mut sink = [0u8; 4096];
+    loop {
+        match sock.read(&mut sink) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
+            Err(e) => return Err(io_fail(e, ErrKind::Tls)),
+        }
+    }
+}
+
+/// What one connection did.
+struct Done {
+    /// Connect → handshake done, or → 221 to QUIT with `--smtp`.
+    latency: Duration,
+    resumed: bool,
+    closed: Closed,
+}
+
+/// One connection.
 fn one_conn(
     o: &Opts,
     cfg: &Arc<ClientConfig>,
     name: &ServerName<'static>,
     buf: &mut Vec<u8>,
-) -> Result<(Duration, bool), Failure> {
+) -> Result<Done, Failure> {
     let t0 = Instant::now();
     let mut sock = TcpStream::connect_timeout(&o.target, IO_TIMEOUT)
         .map_err(|e| io_fail(e, ErrKind::Connect))?;
@@ -390,8 +476,12 @@ fn one_conn(
         expect(&mut s, buf, 221, "QUIT")?;
         latency = t0.elapsed();
     }
-    close(&mut tls, &mut sock)?;
-    Ok((latency, resumed))
+    let closed = close(&mut tls, &mut sock)?;
+    Ok(Done {
+        latency,
+        resumed,
+        closed,
+    })
 }
 
 /// One message: the envelope commands (in one write with --pipelining,
@@ -432,18 +522,20 @@ struct Tally {
     latencies_us: Vec<u32>,
     ok: u64,
     resumed: u64,
-    errors: [u64; 4],
-    first_error: [Option<String>; 4],
+    cleartext_after_close: u64,
+    errors: [u64; KINDS],
+    first_error: [Option<String>; KINDS],
 }
 
 impl Tally {
-    fn record(&mut self, r: Result<(Duration, bool), Failure>) {
+    fn record(&mut self, r: Result<Done, Failure>) {
         match r {
-            Ok((lat, resumed)) => {
+            Ok(d) => {
                 self.ok += 1;
-                self.resumed += u64::from(resumed);
+                self.resumed += u64::from(d.resumed);
+                self.cleartext_after_close += u64::from(d.closed == Closed::Cleartext);
                 self.latencies_us
-                    .push(u32::try_from(lat.as_micros()).unwrap_or(u32::MAX));
+                    .push(u32::try_from(d.latency.as_micros()).unwrap_or(u32::MAX));
             }
             Err(f) => {
                 let k = f.kind as usize;
@@ -457,6 +549,7 @@ impl Tally {
         self.latencies_us.extend(other.latencies_us);
         self.ok += other.ok;
         self.resumed += other.resumed;
+        self.cleartext_after_close += other.cleartext_after_close;
         for (k, first) in other.first_error.into_iter().enumerate() {
             self.errors[k] += other.errors[k];
             if self.first_error[k].is_none() {
@@ -515,7 +608,12 @@ struct Report {
     p50: f64,
     p90: f64,
     p99: f64,
+    /// Messages acknowledged per second (0 without --messages).
+    msg_rate: f64,
     cpu_us_per_conn: Option<f64>,
+    cpu_us_per_msg: Option<f64>,
+    /// Whether the server had no child process left at both CPU readings.
+    settled: bool,
 }
 
 impl Opts {
@@ -529,6 +627,15 @@ impl Opts {
 
     fn tls_name(&self) -> &'static str {
         if self.tls13 { "1.3" } else { "1.2" }
+    }
+
+    /// Whether a TLS 1.2 ClientHello asks for (or offers) a ticket.
+    fn tls12_ticket_requested(&self) -> bool {
+        if self.resume {
+            self.tickets
+        } else {
+            self.request_tickets
+        }
     }
 }
 
@@ -552,14 +659,23 @@ fn text_line(o: &Opts, t: &Tally, r: &Report) -> String {
     for (k, n) in t.errors.iter().enumerate().filter(|(_, n)| **n > 0) {
         let _ = write!(line, " errors.{}={n}", KIND_NAMES[k]);
     }
-    if o.messages > 0 {
-        let msgs = r.conns as f64 * f64::from(o.messages) / r.secs.max(1e-9);
-        let _ = write!(line, " msgs/conn={} msgs/s={msgs:.1}", o.messages);
+    if t.cleartext_after_close > 0 {
+        let _ = write!(line, " cleartext_after_close={}", t.cleartext_after_close);
     }
-    let cpu = r
-        .cpu_us_per_conn
-        .map_or("-".into(), |us| format!("{us:.0}"));
-    line + " server_cpu_us/conn=" + &cpu
+    let us = |v: Option<f64>| v.map_or("-".into(), |us| format!("{us:.0}"));
+    if o.messages > 0 {
+        let _ = write!(
+            line,
+            " msgs/conn={} msgs/s={:.1} server_cpu_us/msg={}",
+            o.messages,
+            r.msg_rate,
+            us(r.cpu_us_per_msg)
+        );
+    }
+    if o.server_pid.is_some() && !r.settled {
+        line.push_str(" unsettled");
+    }
+    line + " server_cpu_us/conn=" + &us(r.cpu_us_per_conn)
 }
 
 fn json_doc(o: &Opts, t: &Tally, r: &Report) -> String {
@@ -568,29 +684,46 @@ fn json_doc(o: &Opts, t: &Tally, r: &Report) -> String {
         .zip(t.errors)
         .map(|(k, n)| format!("\"{k}\": {n}"))
         .collect();
+    let first: Vec<String> = KIND_NAMES
+        .iter()
+        .zip(&t.first_error)
+        .filter_map(|(k, f)| f.as_ref().map(|m| format!("\"{k}\": {}", json_str(m))))
+        .collect();
+    let us = |v: Option<f64>| v.map_or("null".into(), |us| format!("{us:.1}"));
     let fields = [
         ("target", json_str(&o.target_str)),
         ("mode", json_str(o.mode_name())),
         ("tls", json_str(o.tls_name())),
         ("resume", o.resume.to_string()),
         ("tls12_tickets", o.tickets.to_string()),
+        (
+            "tls12_ticket_requested",
+            o.tls12_ticket_requested().to_string(),
+        ),
         ("smtp", o.smtp.to_string()),
+        ("messages_per_conn", o.messages.to_string()),
+        ("message_bytes", (o.body.len() - 3).to_string()),
+        ("pipelining", o.pipelining.to_string()),
         ("concurrency", o.concurrency.to_string()),
         ("warmup", o.warmup.to_string()),
         ("conns", r.conns.to_string()),
         ("ok", t.ok.to_string()),
         ("secs", format!("{:.3}", r.secs)),
         ("conn_per_s", format!("{:.1}", r.rate)),
+        ("msgs_per_s", format!("{:.1}", r.msg_rate)),
         ("resumed_pct", format!("{:.1}", r.resumed_pct)),
         ("p50_ms", format!("{:.3}", r.p50)),
         ("p90_ms", format!("{:.3}", r.p90)),
         ("p99_ms", format!("{:.3}", r.p99)),
         ("errors", t.error_total().to_string()),
         ("errors_by_kind", format!("{{{}}}", by_kind.join(", "))),
+        ("first_error_by_kind", format!("{{{}}}", first.join(", "))),
+        ("cleartext_after_close", t.cleartext_after_close.to_string()),
+        ("server_cpu_us_per_conn", us(r.cpu_us_per_conn)),
+        ("server_cpu_us_per_msg", us(r.cpu_us_per_msg)),
         (
-            "server_cpu_us_per_conn",
-            r.cpu_us_per_conn
-                .map_or("null".into(), |us| format!("{us:.1}")),
+            "server_settled",
+            (o.server_pid.is_some() && r.settled).to_string(),
         ),
     ];
     let body: Vec<String> = fields
@@ -600,7 +733,24 @@ fn json_doc(o: &Opts, t: &Tally, r: &Report) -> String {
     format!("{{\n{}\n}}\n", body.join(",\n"))
 }
 
-fn run(o: &Opts) -> Result<(), String> {
+/// Waits until the server has no child process left (so every child that
+/// served a connection is reaped and in its cutime/cstime), then a short
+/// pause; returns false if children were still there after SETTLE_MAX.
+fn settle(pid: u32) -> bool {
+    let deadline = Instant::now() + SETTLE_MAX;
+    let settled = loop {
+        match child_count(pid) {
+            Some(0) => break true,
+            None => break false,
+            Some(_) if Instant::now() >= deadline => break false,
+            Some(_) => thread::sleep(SETTLE_POLL),
+        }
+    };
+    thread::sleep(SETTLE_PAUSE);
+    settled
+}
+
+fn run(o: &Opts) -> Result<bool, String> {
     let roots = load_roots(&o.ca)?;
     ServerName::try_from(o.server_name.clone())
         .map_err(|e| format!("--server-name {:?}: {e}", o.server_name))?;
@@ -618,6 +768,7 @@ fn run(o: &Opts) -> Result<(), String> {
         issued: AtomicU64::new(0),
     };
     let n = o.concurrency as u64;
+    let mut settled = true;
     let (warm, tally, secs, cpu) = thread::scope(|s| {
         let handles: Vec<_> = configs
             .into_iter()
@@ -629,7 +780,10 @@ fn run(o: &Opts) -> Result<(), String> {
             })
             .collect();
         sh.barrier.wait();
-        let cpu0 = o.server_pid.and_then(cpu_ticks);
+        let cpu0 = o.server_pid.and_then(|pid| {
+            settled &= settle(pid);
+            cpu_ticks(pid)
+        });
         let start = *sh.start.get_or_init(Instant::now);
         sh.barrier.wait();
         let mut warm = Tally::default();
@@ -641,7 +795,10 @@ fn run(o: &Opts) -> Result<(), String> {
             tally.merge(t);
             end = end.max(e);
         }
-        let cpu1 = o.server_pid.and_then(cpu_ticks);
+        let cpu1 = o.server_pid.and_then(|pid| {
+            settled &= settle(pid);
+            cpu_ticks(pid)
+        });
         let cpu = cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a));
         (warm, tally, (end - start).as_secs_f64(), cpu)
     });
@@ -655,9 +812,19 @@ fn run(o: &Opts) -> Result<(), String> {
             }
         }
     }
+    if !settled {
+        eprintln!(
+            "loadgen: the server still had child processes {}s after the run: \
+             its CPU figure misses theirs",
+            SETTLE_MAX.as_secs()
+        );
+    }
     let mut lat = tally.latencies_us.clone();
     lat.sort_unstable();
     let conns = tally.ok + tally.error_total();
+    // Messages acknowledged: every connection that succeeded delivered all.
+    let msgs = tally.ok * u64::from(o.messages);
+    let cpu_us = cpu.map(|ticks| ticks as f64 * 1e6 / tck as f64);
     let report = Report {
         conns,
         secs,
@@ -666,15 +833,16 @@ fn run(o: &Opts) -> Result<(), String> {
         p50: percentile_ms(&lat, 50.0),
         p90: percentile_ms(&lat, 90.0),
         p99: percentile_ms(&lat, 99.0),
-        cpu_us_per_conn: cpu
-            .filter(|_| conns > 0)
-            .map(|ticks| ticks as f64 * 1e6 / tck as f64 / conns as f64),
+        msg_rate: msgs as f64 / secs.max(1e-9),
+        cpu_us_per_conn: cpu_us.filter(|_| conns > 0).map(|us| us / conns as f64),
+        cpu_us_per_msg: cpu_us.filter(|_| msgs > 0).map(|us| us / msgs as f64),
+        settled,
     };
     println!("{}", text_line(o, &tally, &report));
     if let Some(path) = &o.json {
         fs::write(path, json_doc(o, &tally, &report)).map_err(|e| format!("--json {path}: {e}"))?;
     }
-    Ok(())
+    Ok(tally.error_total() == 0 && settled)
 }
 
 fn main() -> ExitCode {
@@ -696,7 +864,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Some(o)) => match run(&o) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(true) => ExitCode::SUCCESS,
+            // The results are printed and written; the status says they
+            // are not clean (errors, or a server that did not settle).
+            Ok(false) => ExitCode::FAILURE,
             Err(e) => {
                 eprintln!("loadgen: {e}");
                 ExitCode::FAILURE
