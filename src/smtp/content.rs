@@ -253,7 +253,8 @@ impl Smtp {
         let envelope = &txn.envelope;
         match outcome {
             Ok(id) => {
-                log::info!(
+                // The server logs the Exim-style `<=` line for it at info.
+                log::debug!(
                     "{}: accepted id={id} helo={} from=<{}> rcpts={} size={} body={:?} with={} chunking={}",
                     envelope.peer,
                     envelope.helo,

@@ -66,7 +66,17 @@ impl DotDecoder {
     /// LF (included), or the end of the input.
     pub fn step(&mut self, input: &[u8]) -> Step {
         let mut start = 0;
-        for (i, &byte) in input.iter().enumerate() {
+        let mut i = 0;
+        while let Some(&byte) = input.get(i) {
+            if self.state == State::Text && byte != b'\r' && byte != b'\n' {
+                // Mid-line text is content up to the next CR or LF: skip
+                // to it instead of stepping through every byte.
+                match memchr::memchr2(b'\r', b'\n', &input[i..]) {
+                    Some(offset) => i += offset,
+                    None => break,
+                }
+                continue;
+            }
             let was_bare = self.bare;
             match self.advance(byte) {
                 // The content before the first bare line end is handled
@@ -78,6 +88,7 @@ impl DotDecoder {
                 Role::Skipped => start = i + 1,
                 Role::End => return run(start..i, i + 1, true),
             }
+            i += 1;
         }
         run(start..input.len(), input.len(), false)
     }
