@@ -64,12 +64,8 @@ fn message_of(size: usize) -> String {
 
 /// Sends one message on a fresh plain connection; returns the final reply.
 fn deliver(server: &Server, to: &str, body: &str) -> String {
-    let mut c = Plain::connect(server.plain[0]);
-    c.expect("220");
-    c.command("EHLO client.test", "250");
-    c.command("MAIL FROM:<a@client.test>", "250");
-    c.command(&format!("RCPT TO:<{to}>"), "250");
-    c.command("DATA", "354");
+    let mut c = Plain::greeted(server.plain[0]);
+    c.start_data(to);
     c.send(body);
     c.send(".\r\n");
     let reply = c.reply();
@@ -124,12 +120,8 @@ fn sigkill_in_the_middle_of_data_leaves_nothing_in_new_and_stale_tmp_is_cleaned(
     let mut server = Server::with(opts());
     // One acknowledged message first.
     assert!(deliver(&server, "kit@example.org", &message_of(1024)).starts_with("250"));
-    let mut c = Plain::connect(server.plain[0]);
-    c.expect("220");
-    c.command("EHLO client.test", "250");
-    c.command("MAIL FROM:<a@client.test>", "250");
-    c.command("RCPT TO:<kit@example.org>", "250");
-    c.command("DATA", "354");
+    let mut c = Plain::greeted(server.plain[0]);
+    c.start_data("kit@example.org");
     c.send(&message_of(64 * 1024));
     std::thread::sleep(Duration::from_millis(200));
     server.signal("KILL");

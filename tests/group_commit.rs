@@ -25,12 +25,8 @@ fn plain_server() -> Server {
 
 /// A connection that has been answered 354 and may send content.
 fn at_data(server: &Server, user: &str) -> Plain {
-    let mut c = Plain::connect(server.plain[0]);
-    c.expect("220");
-    c.command("EHLO client.test", "250");
-    c.command("MAIL FROM:<sender@client.test>", "250");
-    c.command(&format!("RCPT TO:<{user}@example.org>"), "250");
-    c.command("DATA", "354");
+    let mut c = Plain::greeted(server.plain[0]);
+    c.start_data(&format!("{user}@example.org"));
     c
 }
 
@@ -56,7 +52,7 @@ fn messages_ending_in_one_turn_share_one_group_commit() {
         .collect();
     server.wait_log(&format!("group commit of {CLIENTS} message(s)"));
     for id in &ids {
-        assert!(server.arrival_line(id).contains("<= sender@client.test"));
+        assert!(server.arrival_line(id).contains("<= a@client.test"));
     }
     let stored = server.mailbox("group");
     assert_eq!(stored.len(), CLIENTS);
@@ -159,9 +155,7 @@ fn no_250_is_sent_before_its_message_is_synced() {
                 thread::spawn(move || {
                     for m in 0..MESSAGES {
                         if m > 0 {
-                            c.command("MAIL FROM:<sender@client.test>", "250");
-                            c.command("RCPT TO:<traced@example.org>", "250");
-                            c.command("DATA", "354");
+                            c.start_data("traced@example.org");
                         }
                         c.send(&format!("{}.\r\n", body(i, m)));
                         c.expect("250 2.0.0 OK");

@@ -94,9 +94,7 @@ fn advertised_but_unused_is_logged_l_dot_and_not_advertised_has_no_l() {
         c.command("EHLO client.test", "250")
             .contains("250-PIPECONNECT\r\n")
     );
-    c.command("MAIL FROM:<a@client.test>", "250");
-    c.command("RCPT TO:<jay@example.org>", "250");
-    c.command("DATA", "354");
+    c.start_data("jay@example.org");
     c.send("Subject: x\r\n\r\nx\r\n.\r\n");
     c.expect("250");
     assert!(
@@ -109,9 +107,7 @@ fn advertised_but_unused_is_logged_l_dot_and_not_advertised_has_no_l() {
     let mut c = Plain::connect(server.plain[0]);
     c.expect("220");
     assert!(!c.command("EHLO client.test", "250").contains("PIPECONNECT"));
-    c.command("MAIL FROM:<a@client.test>", "250");
-    c.command("RCPT TO:<jay@example.org>", "250");
-    c.command("DATA", "354");
+    c.start_data("jay@example.org");
     c.send("Subject: x\r\n\r\nx\r\n.\r\n");
     c.expect("250");
     let line = arrival_line(&server);

@@ -177,12 +177,8 @@ fn a_client_trickling_bytes_is_cut_off_at_the_total_deadline() {
 
     // The same inside DATA: each line comes well within the data timeout,
     // the message as a whole does not.
-    let mut c = Plain::connect(server.plain[0]);
-    c.expect("220");
-    c.command("EHLO client.test", "250");
-    c.command("MAIL FROM:<a@client.test>", "250");
-    c.command("RCPT TO:<lee@example.org>", "250");
-    c.command("DATA", "354");
+    let mut c = Plain::greeted(server.plain[0]);
+    c.start_data("lee@example.org");
     let start = std::time::Instant::now();
     while start.elapsed() < Duration::from_secs(6) {
         if std::io::Write::write_all(&mut c.stream, b"x\r\n").is_err() {
@@ -203,9 +199,7 @@ fn sigterm_lets_a_transaction_finish_then_exits_0() {
     let mut busy = Plain::connect(server.plain[0]);
     busy.expect("220");
     busy.command("EHLO busy.test", "250");
-    busy.command("MAIL FROM:<a@client.test>", "250");
-    busy.command("RCPT TO:<dave@example.org>", "250");
-    busy.command("DATA", "354");
+    busy.start_data("dave@example.org");
     busy.send("Subject: in flight\r\n\r\npart one\r\n");
 
     server.signal("TERM");
@@ -229,17 +223,11 @@ fn store_failure_is_452_and_leaves_nothing_then_service_continues() {
     std::fs::create_dir_all(server.maildir.join(DOMAIN)).unwrap();
     std::fs::write(server.maildir.join(DOMAIN).join("broken"), b"not a mailbox").unwrap();
 
-    let mut c = Plain::connect(server.plain[0]);
-    c.expect("220");
-    c.command("EHLO client.test", "250");
-    c.command("MAIL FROM:<a@client.test>", "250");
-    c.command("RCPT TO:<broken@example.org>", "250");
-    c.command("DATA", "354");
+    let mut c = Plain::greeted(server.plain[0]);
+    c.start_data("broken@example.org");
     c.send("Subject: x\r\n\r\nbody\r\n.\r\n");
     c.expect("452 4.3.1");
-    c.command("MAIL FROM:<a@client.test>", "250");
-    c.command("RCPT TO:<erin@example.org>", "250");
-    c.command("DATA", "354");
+    c.start_data("erin@example.org");
     c.send("Subject: y\r\n\r\nbody\r\n.\r\n");
     c.expect("250 2.0.0");
     c.command("QUIT", "221");

@@ -262,6 +262,22 @@ impl Plain {
         Plain { stream, reader }
     }
 
+    /// Connected, greeted, and past `EHLO client.test`.
+    pub fn greeted(addr: SocketAddr) -> Plain {
+        let mut c = Plain::connect(addr);
+        c.expect("220");
+        c.command("EHLO client.test", "250");
+        c
+    }
+
+    /// MAIL FROM:<a@client.test>, RCPT TO:<to> and DATA, each accepted:
+    /// the message content may follow.
+    pub fn start_data(&mut self, to: &str) {
+        self.command("MAIL FROM:<a@client.test>", "250");
+        self.command(&format!("RCPT TO:<{to}>"), "250");
+        self.command("DATA", "354");
+    }
+
     pub fn send(&mut self, bytes: &str) {
         self.stream.write_all(bytes.as_bytes()).unwrap();
     }
