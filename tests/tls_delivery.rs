@@ -225,3 +225,13 @@ fn a_malformed_client_hello_gets_a_fatal_alert() {
     );
     server.wait_log("closed: TLS handshake");
 }
+
+#[test]
+fn a_client_ending_tls_without_quit_is_logged_as_such() {
+    let server = Server::start();
+    let mut c = implicit(&server, TLS13);
+    c.command("EHLO client.test", "250");
+    // gnutls-cli answers the end of its input with close_notify.
+    c.finish();
+    server.wait_log("closed by the client's TLS close_notify");
+}

@@ -34,6 +34,8 @@ pub enum Close {
     /// The state machine ended it (too many errors, synchronisation error).
     Protocol,
     Lost,
+    /// The client ended TLS with close_notify, without QUIT.
+    TlsClosed,
     Timeout,
     HandshakeTimeout,
     Shutdown,
@@ -47,6 +49,7 @@ impl fmt::Display for Close {
             Close::Quit => f.write_str("closed by QUIT"),
             Close::Protocol => f.write_str("closed after a protocol error"),
             Close::Lost => f.write_str("lost"),
+            Close::TlsClosed => f.write_str("closed by the client's TLS close_notify"),
             Close::Timeout => f.write_str("closed: timeout"),
             Close::HandshakeTimeout => f.write_str("closed: TLS handshake timeout"),
             Close::Shutdown => f.write_str("closed: server shutting down"),
@@ -418,7 +421,7 @@ impl Conn {
         match status.map_err(Close::Tls)? {
             ReadStatus::Open => Ok(()),
             ReadStatus::Closed if self.closing.is_some() => Ok(()),
-            ReadStatus::Closed => Err(Close::Lost),
+            ReadStatus::Closed => Err(Close::TlsClosed),
         }
     }
 
