@@ -73,29 +73,12 @@ pub(super) fn commit_with(
     deliveries: Vec<Delivery>,
     durability: &mut dyn Durability,
 ) -> Vec<io::Result<Vec<PathBuf>>> {
-    let mut batch: Vec<Entry> = deliveries
-        .into_iter()
-        .map(|mut delivery| match delivery.finish_writing() {
-            Ok(()) => Entry::Live(delivery),
-            Err(e) => Entry::fail(delivery, e),
-        })
-        .collect();
+    let mut batch: Vec<Entry> = deliveries.into_iter().map(Entry::Live).collect();
+    each_live(&mut batch, Delivery::finish_writing);
     sync_phase(&mut batch, durability);
-    for entry in &mut batch {
-        if let Entry::Live(delivery) = entry
-            && let Err(e) = delivery.publish()
-        {
-            entry.take_and_fail(e);
-        }
-    }
+    each_live(&mut batch, Delivery::publish);
     sync_phase(&mut batch, durability);
-    for entry in &mut batch {
-        if let Entry::Live(delivery) = entry
-            && let Err(e) = delivery.sync_foreign_dirs()
-        {
-            entry.take_and_fail(e);
-        }
-    }
+    each_live(&mut batch, |delivery| delivery.sync_foreign_dirs());
     batch
         .into_iter()
         .map(|entry| match entry {
@@ -111,15 +94,23 @@ enum Entry {
 }
 
 impl Entry {
-    fn fail(delivery: Delivery, e: io::Error) -> Entry {
-        delivery.failed(&e);
-        Entry::Failed(e)
+    /// A live delivery fails: it undoes what it did and keeps the reason.
+    fn fail(&mut self, e: io::Error) {
+        if let Entry::Live(delivery) = std::mem::replace(self, Entry::Failed(e))
+            && let Entry::Failed(e) = self
+        {
+            delivery.failed(e);
+        }
     }
+}
 
-    fn take_and_fail(&mut self, e: io::Error) {
-        let placeholder = Entry::Failed(io::Error::other("placeholder"));
-        if let Entry::Live(delivery) = std::mem::replace(self, placeholder) {
-            *self = Entry::fail(delivery, e);
+/// Runs one step of the commit on every delivery still live.
+fn each_live(batch: &mut [Entry], step: impl Fn(&mut Delivery) -> io::Result<()>) {
+    for entry in batch {
+        if let Entry::Live(delivery) = entry
+            && let Err(e) = step(delivery)
+        {
+            entry.fail(e);
         }
     }
 }
@@ -148,7 +139,7 @@ fn sync_phase(batch: &mut [Entry], durability: &mut dyn Durability) {
         };
         for entry in batch.iter_mut() {
             if matches!(entry, Entry::Live(d) if d.device() == device) {
-                entry.take_and_fail(io::Error::new(e.kind(), format!("syncfs: {e}")));
+                entry.fail(io::Error::new(e.kind(), format!("syncfs: {e}")));
             }
         }
     }
