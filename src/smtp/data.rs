@@ -71,8 +71,8 @@ impl DotDecoder {
             if self.state == State::Text && byte != b'\r' && byte != b'\n' {
                 // Mid-line text is content up to the next CR or LF: skip
                 // to it instead of stepping through every byte.
-                match memchr::memchr2(b'\r', b'\n', &input[i..]) {
-                    Some(offset) => i += offset,
+                match memchr::memchr2(b'\r', b'\n', &input[i + 1..]) {
+                    Some(offset) => i += 1 + offset,
                     None => break,
                 }
                 continue;
