@@ -71,7 +71,7 @@ impl TlsContext {
                 max_rows: CACHE_MAX_ROWS,
             };
             let mut cache = SessionCache::open(path, cache_config);
-            cache.defer_writes(true);
+            cache.defer_writes();
             Rc::new(RefCell::new(cache))
         });
     }

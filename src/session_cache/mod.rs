@@ -150,12 +150,8 @@ impl SessionCache {
     /// commit costs more than a full TLS 1.2 handshake's share of the
     /// server's CPU should (WAL frames, locks, a random B-tree page); the
     /// caller decides how long rows may wait for `flush`.
-    pub fn defer_writes(&mut self, on: bool) {
-        self.defer = on;
-        if !on {
-            let now = self.last_now;
-            self.flush(now);
-        }
+    pub fn defer_writes(&mut self) {
+        self.defer = true;
     }
 
     /// Rows waiting for their commit.

@@ -775,7 +775,7 @@ fn rows_on_disk(path: &Path) -> i64 {
 
 fn deferred(path: &Path, config: CacheConfig) -> SessionCache {
     let mut cache = SessionCache::open(path, config);
-    cache.defer_writes(true);
+    cache.defer_writes();
     cache
 }
 
