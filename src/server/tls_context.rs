@@ -112,12 +112,18 @@ impl TlsContext {
         }
         let offered = hello.and_then(|h| h.ticket_key_name.as_ref());
         let choice = self.tickets.as_ref().map(|ring| ring.choose(offered));
+        // A TLS 1.2 ticket resumes by itself or not at all: GnuTLS never
+        // caches a session it issued a ticket for, so the session ID such
+        // a client sends cannot find a row, and looking costs a SQLite
+        // read per resumption. A failed ticket still gets a full
+        // handshake, and a new ticket rather than a row.
+        let cache_useless = choice.is_some() && hello.is_some_and(|h| h.offers_tls12_ticket);
         let setup = SessionSetup {
             credentials: self.certs.current(now as i64),
             priority: &self.priority,
             ticket_key: choice.as_ref().map(|c| c.key),
             no_new_tickets: choice.as_ref().is_some_and(|c| !c.current),
-            cache: self.cache.as_ref(),
+            cache: self.cache.as_ref().filter(|_| !cache_useless),
             lifetime: self.lifetime,
         };
         Ok(NewSession {

@@ -35,6 +35,8 @@ pub struct Hello {
     /// The client offers to resume: non-empty session_ticket, or a pre_shared_key extension
     /// with ≥1 identity.
     pub offers_ticket: bool,
+    /// The offered ticket is a TLS 1.2 one: a non-empty `session_ticket` extension.
+    pub offers_tls12_ticket: bool,
     /// Length of the legacy session_id (0..=32).
     pub session_id_len: u8,
     /// supported_versions (43) lists TLS 1.3 (0x0304).
@@ -352,8 +354,9 @@ fn parse_body(body: &[u8]) -> Option<Hello> {
 
     // The TLS 1.2 ticket wins when both are present: a client offering both resumes
     // whichever version is negotiated, and the brief asks for this order.
+    hello.offers_tls12_ticket = session_ticket.is_some_and(|t| !t.is_empty());
     let ticket = match session_ticket {
-        Some(ticket) if !ticket.is_empty() => Some(ticket),
+        Some(ticket) if hello.offers_tls12_ticket => Some(ticket),
         _ => first_identity,
     };
     if let Some(ticket) = ticket {
@@ -671,6 +674,7 @@ mod tests {
                 ticket_key_name: key(&ticket[..16]),
                 requests_ticket: true,
                 offers_ticket: true,
+                offers_tls12_ticket: true,
                 session_id_len: 0,
                 offers_tls13: false,
                 early_data: false,
@@ -699,7 +703,7 @@ mod tests {
     fn short_session_ticket_offers_without_key_name() {
         let buf = Builder::new().ext(session_ticket(&[1; 15])).record();
         let hello = complete(&buf);
-        assert!(hello.requests_ticket && hello.offers_ticket);
+        assert!(hello.requests_ticket && hello.offers_ticket && hello.offers_tls12_ticket);
         assert_eq!(hello.ticket_key_name, None);
     }
 
@@ -721,6 +725,7 @@ mod tests {
                 ticket_key_name: key(&first[..16]),
                 requests_ticket: true,
                 offers_ticket: true,
+                offers_tls12_ticket: false,
                 session_id_len: 32,
                 offers_tls13: true,
                 early_data: false,
@@ -743,7 +748,7 @@ mod tests {
             .ext(psk(&[&[3; 20]]))
             .record();
         let hello = complete(&buf);
-        assert!(hello.offers_ticket && !hello.requests_ticket);
+        assert!(hello.offers_ticket && !hello.requests_ticket && !hello.offers_tls12_ticket);
         assert_eq!(hello.ticket_key_name, Some([3; 16]));
     }
 
@@ -1352,6 +1357,7 @@ mod tests {
                 ticket_key_name: None,
                 requests_ticket: true,
                 offers_ticket: false,
+                offers_tls12_ticket: false,
                 session_id_len: 32,
                 offers_tls13: true,
                 early_data: false,
@@ -1369,6 +1375,7 @@ mod tests {
                 ticket_key_name: Some(GNUTLS_KEY_NAME),
                 requests_ticket: true,
                 offers_ticket: true,
+                offers_tls12_ticket: false,
                 session_id_len: 32,
                 offers_tls13: true,
                 early_data: false,
@@ -1397,6 +1404,7 @@ mod tests {
                 ticket_key_name: Some(GNUTLS_KEY_NAME),
                 requests_ticket: true,
                 offers_ticket: true,
+                offers_tls12_ticket: true,
                 session_id_len: 32,
                 offers_tls13: false,
                 early_data: false,
@@ -1414,6 +1422,7 @@ mod tests {
                 ticket_key_name: None,
                 requests_ticket: true,
                 offers_ticket: false,
+                offers_tls12_ticket: false,
                 session_id_len: 32,
                 offers_tls13: true,
                 early_data: false,
@@ -1430,6 +1439,7 @@ mod tests {
                 ticket_key_name: Some(GNUTLS_KEY_NAME),
                 requests_ticket: true,
                 offers_ticket: true,
+                offers_tls12_ticket: false,
                 session_id_len: 32,
                 offers_tls13: true,
                 early_data: false,

@@ -138,6 +138,28 @@ mod tests {
         );
     }
 
+    /// The server skips the cache lookup for a client presenting a TLS 1.2
+    /// ticket (TlsContext::session), which is sound only while GnuTLS keeps
+    /// no row for a session it issued a ticket for.
+    #[test]
+    fn tls12_sessions_with_a_ticket_are_never_cached() {
+        let s = side();
+        assert_eq!(
+            twice(&s, "NORMAL:-VERS-ALL:+VERS-TLS1.2", true),
+            (false, true)
+        );
+        assert_eq!(
+            s.cache.borrow_mut().len(),
+            0,
+            "a ticketed session was cached"
+        );
+        assert_eq!(
+            twice(&s, "NORMAL:-VERS-ALL:+VERS-TLS1.2:%NO_TICKETS", true),
+            (false, true)
+        );
+        assert_eq!(s.cache.borrow_mut().len(), 1, "the session-ID path caches");
+    }
+
     #[test]
     fn application_data_flows_both_ways() {
         let s = side();
