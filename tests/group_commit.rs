@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -117,10 +117,38 @@ fn first_arg(call: &Call) -> &str {
     call.args.split(',').next().unwrap_or("")
 }
 
+/// The first quoted argument: an openat's path, a link's source.
+fn first_path(call: &Call) -> &str {
+    call.args.split('"').nth(1).unwrap_or("")
+}
+
+/// The second quoted argument: a link's target.
+fn second_path(call: &Call) -> &str {
+    call.args.split('"').nth(3).unwrap_or("")
+}
+
+/// The name under which a successful openat's message file is linked:
+/// `/proc/self/fd/N` for an anonymous O_TMPFILE file (opened on the tmp/
+/// directory), the path of a file created in tmp/ (the fallback).
+fn message_file(call: &Call) -> Option<String> {
+    if call.result.starts_with('-') {
+        return None;
+    }
+    if call.args.contains("O_TMPFILE") {
+        Some(format!("/proc/self/fd/{}", call.result))
+    } else if call.args.contains("/tmp/") && call.args.contains("O_CREAT") {
+        Some(first_path(call).to_string())
+    } else {
+        None
+    }
+}
+
 /// Runs `strace` attached to the server while `work` runs; returns the calls.
 fn traced(server: &Server, trace: &Path, work: impl FnOnce()) -> Vec<Call> {
     let mut strace = Command::new("strace")
-        .args(["-f", "-s", "64", "-o"])
+        // Strings long enough for whole paths, so that named tmp files are
+        // told apart.
+        .args(["-f", "-s", "512", "-o"])
         .arg(trace)
         .args([
             "-e",
@@ -175,33 +203,44 @@ fn no_250_is_sent_before_its_message_is_synced() {
             .iter()
             .any(|c| c.name == "syncfs" && c.result == "0")
     };
-    // Which tmp/ file each descriptor is writing, and its last write.
+    // The message file each descriptor is writing (by the name it is
+    // linked from), and each one's last write.
     let mut open_files: HashMap<String, String> = HashMap::new();
     let mut last_write: HashMap<String, usize> = HashMap::new();
+    // Names in new/ already checked: a link from one of them is a link of
+    // data known to be synced.
+    let mut published: HashSet<String> = HashSet::new();
     let (mut links, mut oks, mut syncs) = (0, 0, 0);
     for (i, call) in calls.iter().enumerate() {
         match call.name.as_str() {
-            "openat" if call.args.contains("/tmp/") && call.args.contains("O_CREAT") => {
-                let path = call.args.split('"').nth(1).unwrap_or("").to_string();
-                open_files.insert(call.result.clone(), path);
+            "openat" => {
+                if let Some(file) = message_file(call) {
+                    // A descriptor number (and so a /proc/self/fd name) is
+                    // reused: writes to an earlier file must not count.
+                    last_write.remove(&file);
+                    open_files.insert(call.result.clone(), file);
+                }
             }
             "close" => {
                 open_files.remove(first_arg(call));
             }
             "write" => {
-                if let Some(path) = open_files.get(first_arg(call)) {
-                    last_write.insert(path.clone(), i);
+                if let Some(file) = open_files.get(first_arg(call)) {
+                    last_write.insert(file.clone(), i);
                 }
             }
             "link" | "linkat" if call.result == "0" => {
-                let tmp = call.args.split('"').nth(1).unwrap_or("");
-                let written = *last_write
-                    .get(tmp)
-                    .unwrap_or_else(|| panic!("linked {tmp}, which was never written"));
-                assert!(
-                    synced_between(written, i),
-                    "{tmp} was linked into new/ before its data was synced"
-                );
+                let source = first_path(call);
+                if !published.contains(source) {
+                    let written = *last_write
+                        .get(source)
+                        .unwrap_or_else(|| panic!("linked {source}, which was never written"));
+                    assert!(
+                        synced_between(written, i),
+                        "{source} was linked into new/ before its data was synced"
+                    );
+                }
+                published.insert(second_path(call).to_string());
                 links += 1;
             }
             "sendto" => {
