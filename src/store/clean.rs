@@ -1,4 +1,7 @@
-//! Removal of stale files left in `tmp/` by deliveries cut short by a crash.
+//! Removal of stale files left in `tmp/` by deliveries cut short by a crash:
+//! those written under a name in `tmp/` because `O_TMPFILE` was not
+//! available, and those of versions that always did so. An anonymous
+//! (`O_TMPFILE`) file leaves nothing to remove.
 
 use std::fs::{self, DirEntry};
 use std::io;

@@ -6,11 +6,18 @@
 //! survives a crash at any point, because the names are created only after
 //! the data is on stable storage:
 //!
-//! 1. every message's buffered bytes are written to its file in `tmp/`;
-//! 2. `syncfs` on each file system the files live on (data and inodes);
-//! 3. each message is hard-linked into its mailboxes' `new/` and its `tmp/`
-//!    name removed;
+//! 1. every message's buffered bytes are written to its file in `tmp/`,
+//!    an `O_TMPFILE` inode without a name (or, where that is not
+//!    available, a file under a name in `tmp/`);
+//! 2. `syncfs` on each file system the files live on (data and inodes;
+//!    write-back covers every dirty inode of the file system, named or not);
+//! 3. each message is linked into its mailboxes' `new/` (and a `tmp/` name
+//!    removed);
 //! 4. `syncfs` again, for the directory entries.
+//!
+//! A crash before step 3 leaves no name in `new/`, and for an anonymous
+//! file nothing in `tmp/` either: its inode is freed when the file system
+//! recovers.
 //!
 //! Only then does the caller learn that a message is durable, and only then
 //! may it answer 250. A message whose sync fails is rolled back (its names

@@ -1,29 +1,71 @@
 //! One message on its way into one or more mailboxes.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 use std::mem;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use log::{debug, error, warn};
+use nix::fcntl::{AT_FDCWD, AtFlags};
 
 use super::dirs::KnownMailboxes;
-use super::sync_dir;
+use super::{PROC_FD, sync_dir};
 
 /// Large enough that a DATA phase costs a handful of write(2) calls, not one
 /// per network read.
 const BUFFER_SIZE: usize = 64 * 1024;
 
+/// How the file a message is written into exists in `tmp/` before
+/// `publish` names it in `new/`.
+pub(super) enum TmpFile {
+    /// An `O_TMPFILE` inode without any name: linked through
+    /// `/proc/self/fd/N`, freed by the kernel if never linked.
+    Anonymous,
+    /// The fallback, a name in `tmp/`: linked from, then removed; `live`
+    /// while it exists.
+    Named { path: PathBuf, live: bool },
+}
+
+impl TmpFile {
+    /// Where `linkat` finds `file`, and the flag it needs: the
+    /// `/proc/self/fd` entry is a symlink to follow, a tmp name is the file.
+    fn link_source(&self, file: &File) -> (PathBuf, AtFlags) {
+        match self {
+            TmpFile::Anonymous => (
+                Path::new(PROC_FD).join(file.as_raw_fd().to_string()),
+                AtFlags::AT_SYMLINK_FOLLOW,
+            ),
+            TmpFile::Named { path, .. } => (path.clone(), AtFlags::empty()),
+        }
+    }
+
+    /// Removes the tmp name, if there is one. Only logs a failure, since
+    /// nothing depends on it: clean_stale_tmp removes leftovers eventually.
+    fn remove_name(&mut self) {
+        if let TmpFile::Named { path, live } = self
+            && mem::take(live)
+        {
+            match fs::remove_file(&*path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => warn!("removing {}: {e}", path.display()),
+            }
+        }
+    }
+}
+
 /// A message being written into `tmp/`. Dropping it without
-/// [`commit`](Delivery::commit) aborts it and removes the tmp file.
+/// [`commit`](Delivery::commit) aborts it: an anonymous file just goes
+/// away, a named one is removed.
 pub struct Delivery {
     /// `None` once `finish_writing` has flushed it into `file`.
     out: Option<BufWriter<File>>,
     file: Option<File>,
     /// The file system of `file`, once written.
     device: u64,
-    tmp_path: PathBuf,
+    tmp: TmpFile,
     /// The unique name without the `,S=` suffix.
     name: String,
     /// Distinct mailbox directories; the first holds the tmp file.
@@ -35,8 +77,6 @@ pub struct Delivery {
     pending_cr: bool,
     /// A write failed, so the file may be missing data in the middle.
     failed: bool,
-    /// The tmp name still exists and Drop must remove it.
-    tmp_live: bool,
     /// Names created in `new/` directories by `publish`.
     linked: Vec<PathBuf>,
     /// `new/` directories on other file systems than `file`.
@@ -46,7 +86,7 @@ pub struct Delivery {
 impl Delivery {
     pub(super) fn new(
         file: File,
-        tmp_dir: PathBuf,
+        tmp: TmpFile,
         name: String,
         mailboxes: Vec<PathBuf>,
         known: KnownMailboxes,
@@ -55,14 +95,13 @@ impl Delivery {
             out: Some(BufWriter::with_capacity(BUFFER_SIZE, file)),
             file: None,
             device: 0,
-            tmp_path: tmp_dir.join(&name),
+            tmp,
             name,
             mailboxes,
             known,
             size: 0,
             pending_cr: false,
             failed: false,
-            tmp_live: true,
             linked: Vec::new(),
             foreign_dirs: Vec::new(),
         }
@@ -183,9 +222,9 @@ impl Delivery {
     }
 
     /// Links the written file into every mailbox's `new/` and drops its
-    /// tmp name. Nothing is synced here: the caller must already have made
-    /// the data durable, and makes the names durable afterwards. On error
-    /// nothing of the message remains in any `new/`.
+    /// tmp name if it has one. Nothing is synced here: the caller must
+    /// already have made the data durable, and makes the names durable
+    /// afterwards. On error nothing of the message remains in any `new/`.
     pub(super) fn publish(&mut self) -> io::Result<()> {
         let final_name = format!("{},S={}", self.name, self.size);
         let mut linked = Vec::with_capacity(self.mailboxes.len());
@@ -197,12 +236,8 @@ impl Delivery {
         self.linked = linked;
         self.foreign_dirs = foreign;
         // Failing from here on would make the client send the message
-        // again, so problems removing the tmp name are only logged
-        // (clean_stale_tmp removes leftovers eventually).
-        self.tmp_live = false;
-        if let Err(e) = fs::remove_file(&self.tmp_path) {
-            warn!("removing {}: {e}", self.tmp_path.display());
-        }
+        // again, so this only logs problems.
+        self.tmp.remove_name();
         Ok(())
     }
 
@@ -230,31 +265,36 @@ impl Delivery {
     /// The commit failed: undoes whatever `publish` did, and lets the next
     /// delivery check and recreate the mailbox directories, since the
     /// failure may be one that vanished or was replaced. Drop removes the
-    /// tmp file if it is still there.
+    /// tmp name if there still is one.
     pub(super) fn failed(mut self, e: &io::Error) {
         warn!("delivery {} failed: {e}", self.name);
         roll_back(&mem::take(&mut self.linked));
         self.known.forget(&self.mailboxes);
     }
 
-    /// Links the tmp file into every `new/`, recording each created name in
-    /// `linked` as it goes so a failure can undo them, and the `new/`
-    /// directories on other file systems in `foreign`.
+    /// Links the written file into every `new/`, recording each created
+    /// name in `linked` as it goes so a failure can undo them, and the
+    /// `new/` directories on other file systems in `foreign`.
     fn link_all(
         &self,
         final_name: &str,
         linked: &mut Vec<PathBuf>,
         foreign: &mut Vec<PathBuf>,
     ) -> io::Result<()> {
+        let file = self.file.as_ref().ok_or_else(finished)?;
+        // Every link is made from the open file, never from a name already
+        // in new/, which a reader may have moved to cur/ by then.
+        let (source, flags) = self.tmp.link_source(file);
         for mailbox in &self.mailboxes {
             let target = mailbox.join("new").join(final_name);
-            // link, not rename, even for the first mailbox: link refuses to
+            // link, not rename, for a named tmp file too: link refuses to
             // replace an existing name where rename would silently
             // overwrite another message.
-            match fs::hard_link(&self.tmp_path, &target) {
+            let result = nix::unistd::linkat(AT_FDCWD, &source, AT_FDCWD, &target, flags);
+            match result.map_err(io::Error::from) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::CrossesDevices => {
-                    self.copy_into(mailbox, &target)?;
+                    copy_into(file, &self.name, mailbox, &target)?;
                     foreign.push(mailbox.join("new"));
                 }
                 Err(e) => return Err(e),
@@ -263,27 +303,29 @@ impl Delivery {
         }
         Ok(())
     }
+}
 
-    /// For a mailbox on another file system than the first one: copy the
-    /// message into its own `tmp/`, make the copy durable, link it into
-    /// `new/` as `target`, and drop the copy's tmp name.
-    fn copy_into(&self, mailbox: &Path, target: &Path) -> io::Result<()> {
-        let copy_path = mailbox.join("tmp").join(&self.name);
-        let mut copy = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&copy_path)?;
-        let result = File::open(&self.tmp_path)
-            .and_then(|mut src| io::copy(&mut src, &mut copy))
-            .and_then(|_| copy.sync_all())
-            .and_then(|()| fs::hard_link(&copy_path, target));
-        drop(copy);
-        if let Err(e) = fs::remove_file(&copy_path) {
-            warn!("removing {}: {e}", copy_path.display());
-        }
-        result
+/// For a mailbox on another file system than the first one: copy the
+/// message from `file` (the written one) into the mailbox's own `tmp/`
+/// under `name`, make the copy durable, link it into `new/` as `target`,
+/// and drop the copy's tmp name.
+fn copy_into(mut file: &File, name: &str, mailbox: &Path, target: &Path) -> io::Result<()> {
+    let copy_path = mailbox.join("tmp").join(name);
+    let mut copy = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&copy_path)?;
+    let result = file
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| io::copy(&mut file, &mut copy))
+        .and_then(|_| copy.sync_all())
+        .and_then(|()| fs::hard_link(&copy_path, target));
+    drop(copy);
+    if let Err(e) = fs::remove_file(&copy_path) {
+        warn!("removing {}: {e}", copy_path.display());
     }
+    result
 }
 
 impl Drop for Delivery {
@@ -293,13 +335,8 @@ impl Drop for Delivery {
             // deleted.
             drop(out.into_parts());
         }
-        if self.tmp_live {
-            match fs::remove_file(&self.tmp_path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => warn!("removing {}: {e}", self.tmp_path.display()),
-            }
-        }
+        // An anonymous file is freed when `file` or `out` closes it.
+        self.tmp.remove_name();
     }
 }
 

@@ -3,13 +3,24 @@
 //! Layout: `ROOT/DOMAIN/LOCALPART/{tmp,new,cur}`, directories mode 0700,
 //! message files mode 0600.
 //!
-//! A message is written into `tmp/` of its first mailbox under the name
-//! `SECS.M<usec>P<pid>Q<counter>.<hostname>` and, once complete and fsync'd,
-//! hard-linked into every mailbox's `new/` as
-//! `SECS.M<usec>P<pid>Q<counter>.<hostname>,S=<size>`, where `<size>` is the
-//! byte size of the stored (LF line end) file. `,S=` lets Dovecot and
-//! Courier skip a stat() for quota accounting; it comes before any `:2,`
-//! info suffix a reader adds when moving the file to `cur/`.
+//! A message is written into an anonymous file (`O_TMPFILE`) in `tmp/` of
+//! its first mailbox, which has no name at all until, complete and on stable
+//! storage, it is linked (through `/proc/self/fd/N`) into every mailbox's
+//! `new/` as `SECS.M<usec>P<pid>Q<counter>.<hostname>,S=<size>`, where
+//! `<size>` is the byte size of the stored (LF line end) file. `,S=` lets
+//! Dovecot and Courier skip a stat() for quota accounting; it comes before
+//! any `:2,` info suffix a reader adds when moving the file to `cur/`.
+//!
+//! A delivery abandoned before that, by an error or a crash, leaves nothing
+//! in `tmp/`: the kernel frees an unlinked inode once its last descriptor
+//! is closed (after a crash, when the file system recovers its orphans).
+//!
+//! Where `O_TMPFILE` is refused (older kernels, some file systems such as
+//! NFS) or `/proc/self/fd` is missing, the message is written under the
+//! name `SECS.M<usec>P<pid>Q<counter>.<hostname>` in `tmp/` instead, linked
+//! from there and the tmp name removed; a crash can then leave that name
+//! behind for [`clean_stale_tmp`], which also removes what older versions
+//! left.
 //!
 //! [`commit_all`] returns a message's paths only once its file data and
 //! every `new/` directory entry are on stable storage, so the caller may
@@ -31,11 +42,19 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use log::info;
+
 pub use clean::{STALE_TMP_AGE, clean_stale_tmp};
 pub use commit::{check_kernel, commit_all};
 pub use delivery::Delivery;
 
+use delivery::TmpFile;
 use dirs::KnownMailboxes;
+
+/// Where an open file can be named for `linkat(..., AT_SYMLINK_FOLLOW)`,
+/// which links an `O_TMPFILE` inode without the CAP_DAC_READ_SEARCH that
+/// `AT_EMPTY_PATH` needs.
+const PROC_FD: &str = "/proc/self/fd";
 
 /// Delivers messages into one Maildir tree.
 pub struct Store {
@@ -44,6 +63,11 @@ pub struct Store {
     hostname: String,
     pid: u32,
     known: KnownMailboxes,
+    /// Messages start as `O_TMPFILE` inodes (while the kernel and file
+    /// system allow it), else as names in `tmp/`.
+    anonymous_tmp: bool,
+    /// The fallback to names in `tmp/` has been logged.
+    fallback_logged: bool,
 }
 
 impl Store {
@@ -51,12 +75,31 @@ impl Store {
     /// if missing.
     pub fn open(root: &Path, hostname: &str) -> io::Result<Store> {
         dirs::ensure_root(root)?;
-        Ok(Store {
+        let mut store = Store {
             root: root.to_path_buf(),
             hostname: unique::escape_hostname(hostname),
             pid: std::process::id(),
             known: KnownMailboxes::default(),
-        })
+            anonymous_tmp: true,
+            fallback_logged: false,
+        };
+        if !Path::new(PROC_FD).is_dir() {
+            store.use_named_tmp(&format!("{PROC_FD} is not available"));
+        }
+        Ok(store)
+    }
+
+    /// From now on every message starts under a name in `tmp/`.
+    fn use_named_tmp(&mut self, why: &str) {
+        self.anonymous_tmp = false;
+        self.log_fallback(why);
+    }
+
+    fn log_fallback(&mut self, why: &str) {
+        if !self.fallback_logged {
+            self.fallback_logged = true;
+            info!("{why}: writing messages under names in tmp/ instead");
+        }
     }
 
     /// The Maildir tree root this store delivers into.
@@ -93,26 +136,51 @@ impl Store {
             unique::next_counter(),
             &self.hostname,
         );
-        let tmp_dir = dirs[0].join("tmp");
-        let tmp_path = tmp_dir.join(&name);
-        // create_new: a name clash with another writer must fail, never
-        // let two messages share one file.
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp_path);
-        let file = match file {
-            Ok(file) => file,
+        let (file, tmp) = match self.create_tmp(&dirs[0].join("tmp"), &name) {
+            Ok(created) => created,
             Err(e) => {
                 // Perhaps someone removed the mailbox since we cached it.
                 self.known.forget(&dirs);
                 return Err(e);
             }
         };
-        let mut delivery = Delivery::new(file, tmp_dir, name, dirs, self.known.clone());
+        let mut delivery = Delivery::new(file, tmp, name, dirs, self.known.clone());
         delivery.write_raw(header)?;
         Ok(delivery)
+    }
+
+    /// Opens the file a new message is written into: an `O_TMPFILE` inode
+    /// in `tmp_dir` if possible, else `tmp_dir/name`. Readable too, so
+    /// that copies to other file systems can be made from it.
+    fn create_tmp(&mut self, tmp_dir: &Path, name: &str) -> io::Result<(fs::File, TmpFile)> {
+        if self.anonymous_tmp {
+            let anonymous = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_TMPFILE)
+                .mode(0o600)
+                .open(tmp_dir);
+            match anonymous {
+                Ok(file) => return Ok((file, TmpFile::Anonymous)),
+                // Refused by this kernel (EISDIR: too old to know the flag)
+                // or this file system; mailboxes may live on several, so
+                // the next message tries again.
+                Err(e) if tmpfile_unsupported(&e) => {
+                    self.log_fallback(&format!("O_TMPFILE refused in {}: {e}", tmp_dir.display()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let path = tmp_dir.join(name);
+        // create_new: a name clash with another writer must fail, never
+        // let two messages share one file.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        Ok((file, TmpFile::Named { path, live: true }))
     }
 
     /// A fresh id for log lines, Exim-like base62 `TTTTTT-PPPPPP-CC` from
@@ -121,6 +189,15 @@ impl Store {
     pub fn next_id(&mut self) -> String {
         unique::log_id(unique::now(), self.pid, unique::next_counter())
     }
+}
+
+/// `open(O_TMPFILE)` failed because the kernel or file system does not
+/// support it, not for a reason that a named file would share.
+fn tmpfile_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+    )
 }
 
 /// fsync a directory so that entries created in or removed from it survive

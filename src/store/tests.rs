@@ -38,6 +38,30 @@ fn store(tmp: &TempDir) -> (Store, PathBuf) {
     (Store::open(&root, "mx.example.org").unwrap(), root)
 }
 
+/// The contents of every file this process has open in some tmp/ under
+/// `root` without a name there: an O_TMPFILE inode, or a tmp/ name already
+/// removed. /proc/self/fd/N reads `.../tmp/#INODE (deleted)` for the first.
+fn unnamed_tmp_files(root: &Path) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc/self/fd").unwrap() {
+        let fd = entry.unwrap().path();
+        // Other tests' descriptors may close meanwhile; ours stay open.
+        let Ok(target) = fs::read_link(&fd) else {
+            continue;
+        };
+        let Some(target) = target.to_str().and_then(|t| t.strip_suffix(" (deleted)")) else {
+            continue;
+        };
+        let target = Path::new(target);
+        if target.starts_with(root)
+            && target.parent().and_then(Path::file_name) == Some("tmp".as_ref())
+        {
+            out.push(fs::read(&fd).unwrap());
+        }
+    }
+    out
+}
+
 const HEADER: &[u8] = b"Return-Path: <a@b.example>\nReceived: from x by y; date\n";
 
 /// Delivers `chunks` (wire format) to `mailboxes` and returns the paths.
@@ -244,14 +268,14 @@ fn dropped_delivery_leaves_nothing() {
     let mut d = store.begin(&boxes, HEADER).unwrap();
     d.write(b"Subject: aborted\r\n\r\n").unwrap();
     d.write(&vec![b'x'; 200_000]).unwrap();
-    let tmp_dir = root.join("example.com/alice/tmp");
-    assert_eq!(names(&tmp_dir).len(), 1);
+    // Being written, but without a name anywhere.
+    assert!(all_message_files(&root).is_empty());
+    let open = unnamed_tmp_files(&root);
+    assert_eq!(open.len(), 1);
+    assert!(open[0].starts_with(HEADER) && open[0].ends_with(b"xxx"));
     drop(d);
-    for (domain, local) in &boxes {
-        for sub in ["tmp", "new", "cur"] {
-            assert!(names(&root.join(domain).join(local).join(sub)).is_empty());
-        }
-    }
+    assert!(all_message_files(&root).is_empty());
+    assert!(unnamed_tmp_files(&root).is_empty(), "still open after drop");
 }
 
 /// All message files anywhere under `root`.
@@ -453,11 +477,22 @@ fn cleaner_removes_only_old_tmp_files() {
 
 // ------------------------------------------------------------ group commit
 
+/// What the message files looked like at one sync.
+struct Snapshot {
+    /// Names in some tmp/.
+    tmp_names: Vec<PathBuf>,
+    /// The contents of every message file being written: those open
+    /// without a name in tmp/ (O_TMPFILE, or a tmp/ name already removed)
+    /// and those under a tmp/ name.
+    written: Vec<Vec<u8>>,
+    /// Names in some new/.
+    new: Vec<PathBuf>,
+}
+
 /// What the file system looked like at each sync, and which sync fails.
 struct Recorder {
     root: PathBuf,
-    /// (files in some tmp/ with their contents, names in some new/) per sync.
-    seen: Vec<(Vec<Vec<u8>>, Vec<PathBuf>)>,
+    seen: Vec<Snapshot>,
     fail_at: Option<usize>,
 }
 
@@ -471,8 +506,14 @@ impl super::commit::Durability for Recorder {
                 .cloned()
                 .collect::<Vec<_>>()
         };
-        let tmp = in_dir("tmp").iter().map(|p| fs::read(p).unwrap()).collect();
-        self.seen.push((tmp, in_dir("new")));
+        let tmp_names = in_dir("tmp");
+        let mut written = unnamed_tmp_files(&self.root);
+        written.extend(tmp_names.iter().map(|p| fs::read(p).unwrap()));
+        self.seen.push(Snapshot {
+            tmp_names,
+            written,
+            new: in_dir("new"),
+        });
         if self.fail_at == Some(self.seen.len() - 1) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
@@ -509,6 +550,10 @@ fn group_commit(fail_at: Option<usize>) -> (Recorder, Vec<io::Result<Vec<PathBuf
     if fail_at.is_some() {
         assert!(left.is_empty(), "a failed group left {left:?}");
     }
+    assert!(
+        unnamed_tmp_files(&recorder.root).is_empty(),
+        "a file of the group is still open"
+    );
     (recorder, results)
 }
 
@@ -517,23 +562,25 @@ fn group_commit_syncs_data_before_names_and_names_before_returning() {
     let (recorder, results) = group_commit(None);
     // One file system: one sync for the data, one for the names.
     assert_eq!(recorder.seen.len(), 2);
-    let (tmp_at_data_sync, new_at_data_sync) = &recorder.seen[0];
+    let at_data_sync = &recorder.seen[0];
     assert!(
-        new_at_data_sync.is_empty(),
-        "a name in new/ before its data was synced: {new_at_data_sync:?}"
+        at_data_sync.new.is_empty(),
+        "a name in new/ before its data was synced: {:?}",
+        at_data_sync.new
     );
-    assert_eq!(tmp_at_data_sync.len(), 3);
-    for content in tmp_at_data_sync {
+    assert!(at_data_sync.tmp_names.is_empty(), "a name in tmp/");
+    assert_eq!(at_data_sync.written.len(), 3);
+    for content in &at_data_sync.written {
         assert!(
             content.starts_with(HEADER) && content.ends_with(b"\n\nbody\r"),
             "data not fully written before the data sync: {content:?}"
         );
     }
-    let (tmp_at_name_sync, new_at_name_sync) = &recorder.seen[1];
-    assert!(tmp_at_name_sync.is_empty());
-    assert_eq!(new_at_name_sync.len(), 3);
+    let at_name_sync = &recorder.seen[1];
+    assert!(at_name_sync.tmp_names.is_empty());
+    assert_eq!(at_name_sync.new.len(), 3);
     let paths: Vec<PathBuf> = results.into_iter().flat_map(Result::unwrap).collect();
-    let mut expected = new_at_name_sync.clone();
+    let mut expected = at_name_sync.new.clone();
     expected.sort();
     let mut got = paths;
     got.sort();
