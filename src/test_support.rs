@@ -9,11 +9,15 @@ pub struct TempDir(PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
+        TempDir::new_in(&std::env::temp_dir(), tag)
+    }
+
+    /// A fresh directory under `base` instead.
+    pub fn new_in(base: &Path, tag: &str) -> TempDir {
         static N: AtomicUsize = AtomicUsize::new(0);
         let nanos = crate::clock::since_epoch().as_nanos();
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("gsmtpd-{tag}-{}-{n}-{nanos}", std::process::id()));
+        let path = base.join(format!("gsmtpd-{tag}-{}-{n}-{nanos}", std::process::id()));
         fs::create_dir(&path).unwrap();
         TempDir(path)
     }

@@ -133,8 +133,11 @@ fn sigkill_in_the_middle_of_data_leaves_nothing_in_new_and_stale_tmp_is_cleaned(
         1,
         "only the acknowledged message"
     );
-    // An old leftover in tmp/ (older than Maildir's 36 hours) is removed at
-    // start; the fresh partial one stays for now.
+    // The killed message was written into an anonymous O_TMPFILE inode:
+    // nothing of it is left in tmp/ either.
+    assert_eq!(files_in(&mailbox.join("tmp")), 0, "a name left in tmp/");
+    // An old leftover in tmp/ (older than Maildir's 36 hours, as the named
+    // fallback or an older version leaves) is removed at start.
     let stale = mailbox.join("tmp").join("1.M1P1Q1.old");
     fs::write(&stale, b"partial").unwrap();
     let old = SystemTime::now() - Duration::from_secs(37 * 3600);

@@ -102,6 +102,13 @@ impl Store {
         }
     }
 
+    /// Makes this store write every message under a name in `tmp/`, as
+    /// where `O_TMPFILE` or `/proc/self/fd` is not available.
+    #[cfg(test)]
+    pub(super) fn force_named_tmp(&mut self) {
+        self.use_named_tmp("forced by a test");
+    }
+
     /// The Maildir tree root this store delivers into.
     #[cfg(test)]
     pub fn root(&self) -> &Path {

@@ -38,6 +38,16 @@ fn store(tmp: &TempDir) -> (Store, PathBuf) {
     (Store::open(&root, "mx.example.org").unwrap(), root)
 }
 
+/// A store that writes messages under names in tmp/ (the fallback where
+/// O_TMPFILE is not available) if `named`.
+fn store_in_mode(tmp: &TempDir, named: bool) -> (Store, PathBuf) {
+    let (mut store, root) = store(tmp);
+    if named {
+        store.force_named_tmp();
+    }
+    (store, root)
+}
+
 /// The contents of every file this process has open in some tmp/ under
 /// `root` without a name there: an O_TMPFILE inode, or a tmp/ name already
 /// removed. /proc/self/fd/N reads `.../tmp/#INODE (deleted)` for the first.
@@ -177,8 +187,17 @@ fn header_only_message() {
 
 #[test]
 fn one_message_to_three_mailboxes_is_hard_linked() {
+    three_mailboxes_hard_linked(false);
+}
+
+#[test]
+fn one_message_to_three_mailboxes_is_hard_linked_from_a_named_tmp_file() {
+    three_mailboxes_hard_linked(true);
+}
+
+fn three_mailboxes_hard_linked(named: bool) {
     let tmp = temp_dir();
-    let (mut store, root) = store(&tmp);
+    let (mut store, root) = store_in_mode(&tmp, named);
     let boxes = [
         mb("example.com", "alice"),
         mb("example.com", "bob"),
@@ -202,6 +221,46 @@ fn one_message_to_three_mailboxes_is_hard_linked() {
     // Same name in every mailbox.
     let file_names: HashSet<_> = paths.iter().map(|p| p.file_name().unwrap()).collect();
     assert_eq!(file_names.len(), 1);
+}
+
+#[test]
+fn mailbox_on_another_file_system_gets_a_copy() {
+    mailbox_on_another_file_system(false);
+}
+
+#[test]
+fn mailbox_on_another_file_system_gets_a_copy_from_a_named_tmp_file() {
+    mailbox_on_another_file_system(true);
+}
+
+/// A mailbox linked to a directory on /dev/shm (a tmpfs, if it is not on
+/// the file system of the temp dir; skipped otherwise) cannot get a hard
+/// link, only a copy of its own.
+fn mailbox_on_another_file_system(named: bool) {
+    let shm = Path::new("/dev/shm");
+    let tmp = temp_dir();
+    let device = |path: &Path| fs::metadata(path).map(|m| m.dev());
+    if !shm.is_dir() || device(shm).ok() == device(tmp.path()).ok() {
+        eprintln!("skipped: /dev/shm is not another file system here");
+        return;
+    }
+    let far = TempDir::new_in(shm, "store-test-far");
+    let (mut store, root) = store_in_mode(&tmp, named);
+    fs::create_dir_all(root.join("example.net")).unwrap();
+    std::os::unix::fs::symlink(far.path(), root.join("example.net/far")).unwrap();
+    let boxes = [mb("example.com", "near"), mb("example.net", "far")];
+    let paths = deliver(&mut store, &boxes, &[b"Subject: far\r\n\r\nbody\r\n"]);
+    let expected = [HEADER, b"Subject: far\n\nbody\n"].concat();
+    assert_eq!(paths.len(), 2);
+    for path in &paths {
+        assert_eq!(fs::read(path).unwrap(), expected);
+        assert_eq!(fs::metadata(path).unwrap().nlink(), 1);
+    }
+    assert_eq!(device(&paths[1]).unwrap(), device(far.path()).unwrap());
+    assert_ne!(device(&paths[0]).unwrap(), device(&paths[1]).unwrap());
+    assert_eq!(paths[0].file_name(), paths[1].file_name());
+    assert!(names(&far.path().join("tmp")).is_empty());
+    assert!(names(&root.join("example.com/near/tmp")).is_empty());
 }
 
 #[test]
@@ -276,6 +335,49 @@ fn dropped_delivery_leaves_nothing() {
     drop(d);
     assert!(all_message_files(&root).is_empty());
     assert!(unnamed_tmp_files(&root).is_empty(), "still open after drop");
+}
+
+#[test]
+fn abandoned_delivery_leaves_nothing_in_tmp() {
+    let tmp = temp_dir();
+    let (mut store, root) = store(&tmp);
+    let mut d = store.begin(&[mb("example.com", "alice")], HEADER).unwrap();
+    d.write(&vec![b'x'; 200_000]).unwrap();
+    // As in a crash no clean-up code runs (the descriptor leaks until the
+    // test process exits, as a crashed server's would until it died).
+    std::mem::forget(d);
+    assert_eq!(unnamed_tmp_files(&root).len(), 1);
+    assert!(all_message_files(&root).is_empty());
+}
+
+#[test]
+fn named_tmp_fallback_delivers_and_cleans_tmp() {
+    let tmp = temp_dir();
+    let (mut store, root) = store_in_mode(&tmp, true);
+    let boxes = [mb("example.com", "alice"), mb("example.org", "bob")];
+    let alice_tmp = root.join("example.com/alice/tmp");
+    let mut d = store.begin(&boxes, HEADER).unwrap();
+    d.write(b"Subject: named\r\n\r\nbody\r\n").unwrap();
+    let tmp_names = names(&alice_tmp);
+    assert_eq!(tmp_names.len(), 1);
+    assert!(unnamed_tmp_files(&root).is_empty());
+    let paths = d.commit().unwrap();
+    assert_eq!(paths.len(), 2);
+    let expected = [HEADER, b"Subject: named\n\nbody\n"].concat();
+    for path in &paths {
+        assert_eq!(fs::read(path).unwrap(), expected);
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert_eq!(name, format!("{},S={}", tmp_names[0], expected.len()));
+    }
+    assert!(names(&alice_tmp).is_empty());
+    assert!(names(&root.join("example.org/bob/tmp")).is_empty());
+
+    // Dropped, it removes its tmp name.
+    let d = store.begin(&boxes, HEADER).unwrap();
+    assert_eq!(names(&alice_tmp).len(), 1);
+    drop(d);
+    assert!(names(&alice_tmp).is_empty());
+    assert_eq!(all_message_files(&root).len(), 2, "only the delivered one");
 }
 
 /// All message files anywhere under `root`.
@@ -535,9 +637,9 @@ fn three_deliveries(store: &mut Store) -> Vec<super::Delivery> {
         .collect()
 }
 
-fn group_commit(fail_at: Option<usize>) -> (Recorder, Vec<io::Result<Vec<PathBuf>>>) {
+fn group_commit(fail_at: Option<usize>, named: bool) -> (Recorder, Vec<io::Result<Vec<PathBuf>>>) {
     let tmp = temp_dir();
-    let (mut store, root) = store(&tmp);
+    let (mut store, root) = store_in_mode(&tmp, named);
     let batch = three_deliveries(&mut store);
     let mut recorder = Recorder {
         root,
@@ -559,7 +661,16 @@ fn group_commit(fail_at: Option<usize>) -> (Recorder, Vec<io::Result<Vec<PathBuf
 
 #[test]
 fn group_commit_syncs_data_before_names_and_names_before_returning() {
-    let (recorder, results) = group_commit(None);
+    check_group_commit(false);
+}
+
+#[test]
+fn group_commit_with_named_tmp_files() {
+    check_group_commit(true);
+}
+
+fn check_group_commit(named: bool) {
+    let (recorder, results) = group_commit(None, named);
     // One file system: one sync for the data, one for the names.
     assert_eq!(recorder.seen.len(), 2);
     let at_data_sync = &recorder.seen[0];
@@ -568,7 +679,8 @@ fn group_commit_syncs_data_before_names_and_names_before_returning() {
         "a name in new/ before its data was synced: {:?}",
         at_data_sync.new
     );
-    assert!(at_data_sync.tmp_names.is_empty(), "a name in tmp/");
+    let tmp_names = if named { 3 } else { 0 };
+    assert_eq!(at_data_sync.tmp_names.len(), tmp_names);
     assert_eq!(at_data_sync.written.len(), 3);
     for content in &at_data_sync.written {
         assert!(
@@ -589,7 +701,7 @@ fn group_commit_syncs_data_before_names_and_names_before_returning() {
 
 #[test]
 fn failed_data_sync_fails_the_group_and_leaves_nothing() {
-    let (recorder, results) = group_commit(Some(0));
+    let (recorder, results) = group_commit(Some(0), false);
     assert_eq!(
         recorder.seen.len(),
         1,
@@ -600,7 +712,7 @@ fn failed_data_sync_fails_the_group_and_leaves_nothing() {
 
 #[test]
 fn failed_name_sync_rolls_the_group_back() {
-    let (recorder, results) = group_commit(Some(1));
+    let (recorder, results) = group_commit(Some(1), false);
     assert_eq!(recorder.seen.len(), 2);
     assert!(results.iter().all(Result::is_err));
 }
