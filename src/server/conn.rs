@@ -230,7 +230,7 @@ impl Conn {
 
     pub fn on_timeout(&mut self, shared: &mut Shared) -> Option<Close> {
         if self.smtp.awaiting_commit() {
-            // The commit ends in this turn of the loop and re-arms the timer.
+            // The commit comes within COMMIT_WAIT_MAX and re-arms the timer.
             return None;
         }
         if self.closing.is_some() {

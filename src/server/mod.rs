@@ -40,6 +40,11 @@ const FIRST_CONN: usize = 1 << 16;
 /// After EMFILE/ENFILE, how long to leave pending connections in the
 /// backlog before trying accept again (instead of spinning on the error).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest a complete message waits for its group commit while the loop
+/// still finds ready work whose messages could join the group.
+const COMMIT_WAIT_MAX: Duration = Duration::from_millis(1);
+/// A group this large is committed without waiting for more.
+const COMMIT_GROUP_MAX: usize = 256;
 
 /// What every connection handler may use besides its own state.
 pub struct Shared {
@@ -56,8 +61,7 @@ pub struct Shared {
     pub read_buf: Vec<u8>,
     /// Decrypted TLS input, likewise shared.
     pub plain: Vec<u8>,
-    /// Messages complete in this turn of the loop, committed together at
-    /// its end.
+    /// Complete messages awaiting their group commit (see `commit_due`).
     pub commits: Vec<delivery::Queued>,
 }
 
@@ -73,6 +77,8 @@ pub struct Server {
     per_ip: HashMap<IpAddr, usize>,
     next_serial: u64,
     accept_paused_until: Option<Instant>,
+    /// When the oldest message in `shared.commits` was queued.
+    commits_since: Option<Instant>,
     shutdown_deadline: Option<Instant>,
     /// Ticket key rotation and session cache purging.
     housekeeping_at: Instant,
@@ -165,6 +171,7 @@ impl Server {
             per_ip: HashMap::new(),
             next_serial: 0,
             accept_paused_until: None,
+            commits_since: None,
             shutdown_deadline: None,
             housekeeping_at: Instant::now(),
         })
@@ -182,7 +189,13 @@ impl Server {
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = self.poll_timeout();
+            // With messages awaiting a commit the loop only looks for work
+            // that is already there, so that it joins their group.
+            let timeout = if self.shared.commits.is_empty() {
+                self.poll_timeout()
+            } else {
+                Some(Duration::ZERO)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -198,7 +211,7 @@ impl Server {
                 }
             }
             self.run_timers();
-            self.run_commits();
+            self.maybe_commit(events.is_empty());
             if self.shutting_down_done() {
                 return Ok(());
             }
@@ -334,24 +347,39 @@ impl Server {
         }
     }
 
-    /// Group commit: the messages completed in this turn become durable
-    /// together, and only then are their clients answered. Answering can
-    /// complete further messages (input held behind a commit), which form
-    /// the next group before the loop waits again.
+    /// Commits the queued messages if `commit_due` says so; `idle`: the
+    /// poll found nothing ready.
+    fn maybe_commit(&mut self, idle: bool) {
+        let queued = self.shared.commits.len();
+        if queued == 0 {
+            self.commits_since = None;
+            return;
+        }
+        let now = self.shared.now;
+        let since = *self.commits_since.get_or_insert(now);
+        let idle = idle || self.shared.shutting_down;
+        if commit_due(queued, idle, now - since) {
+            self.run_commits();
+            self.commits_since = None;
+        }
+    }
+
+    /// Group commit: the queued messages become durable together, and only
+    /// then are their clients answered. Answering can complete further
+    /// messages (input held behind a commit), which queue for the next
+    /// group.
     fn run_commits(&mut self) {
-        while !self.shared.commits.is_empty() {
-            let queue = std::mem::take(&mut self.shared.commits);
-            log::debug!("group commit of {} message(s)", queue.len());
-            for (key, outcome) in delivery::commit_queued(queue) {
-                let Some(conn) = self.conns.get_mut(key.slot) else {
-                    continue;
-                };
-                if conn.key() != key {
-                    continue;
-                }
-                if let Some(close) = conn.on_committed(outcome, &mut self.shared) {
-                    self.remove(key.slot, close);
-                }
+        let queue = std::mem::take(&mut self.shared.commits);
+        log::debug!("group commit of {} message(s)", queue.len());
+        for (key, outcome) in delivery::commit_queued(queue) {
+            let Some(conn) = self.conns.get_mut(key.slot) else {
+                continue;
+            };
+            if conn.key() != key {
+                continue;
+            }
+            if let Some(close) = conn.on_committed(outcome, &mut self.shared) {
+                self.remove(key.slot, close);
             }
         }
     }
@@ -460,6 +488,10 @@ impl Server {
             return true;
         }
         if self.shutdown_deadline.is_some_and(|t| t <= self.shared.now) {
+            // Messages already on their way to the disk are answered first.
+            while !self.shared.commits.is_empty() {
+                self.run_commits();
+            }
             log::warn!(
                 "shutdown timeout: closing {} connection(s) still open",
                 self.conns.len()
@@ -471,6 +503,14 @@ impl Server {
         }
         false
     }
+}
+
+/// Whether the `queued` messages, the oldest queued `waited` ago, are
+/// committed now. The loop commits once it has no ready work left (`idle`)
+/// whose messages could share the sync, so that under load one `syncfs`
+/// serves many clients; waiting for more is bounded in time and size.
+fn commit_due(queued: usize, idle: bool, waited: Duration) -> bool {
+    queued > 0 && (idle || queued >= COMMIT_GROUP_MAX || waited >= COMMIT_WAIT_MAX)
 }
 
 fn retry_accept(e: &io::Error) -> bool {
@@ -485,4 +525,24 @@ fn out_of_resources(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_commit_waits_only_while_work_is_ready() {
+        let now = Duration::ZERO;
+        let almost = COMMIT_WAIT_MAX - Duration::from_micros(1);
+        assert!(!commit_due(0, true, now), "nothing to commit");
+        assert!(commit_due(1, true, now), "no ready work: commit at once");
+        assert!(!commit_due(1, false, now), "ready work may join the group");
+        assert!(!commit_due(COMMIT_GROUP_MAX - 1, false, almost));
+        assert!(commit_due(1, false, COMMIT_WAIT_MAX), "waited long enough");
+        assert!(
+            commit_due(COMMIT_GROUP_MAX, false, now),
+            "the group is full"
+        );
+    }
 }
