@@ -149,7 +149,7 @@ impl Delivery {
         }
         let mut start = 0;
         let mut from = 0;
-        while let Some(offset) = data[from..].iter().position(|&b| b == b'\r') {
+        while let Some(offset) = memchr::memchr(b'\r', &data[from..]) {
             let cr = from + offset;
             match data.get(cr + 1) {
                 None => {
