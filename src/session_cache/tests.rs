@@ -238,31 +238,34 @@ fn eviction_keeps_the_newest_max_rows() {
     }
 }
 
-#[test]
-fn eviction_breaks_ties_by_insertion_order() {
-    let tmp = temp_dir();
-    let config = CacheConfig {
-        lifetime_secs: 3600,
-        max_rows: 3,
-    };
-    let mut cache = SessionCache::open(&db(&tmp), config);
+/// Room for three rows.
+const THREE_ROWS: CacheConfig = CacheConfig {
+    lifetime_secs: 3600,
+    max_rows: 3,
+};
+
+/// Stores keys 0..5 at one instant into a cache with room for three and
+/// returns those still found.
+fn five_stored_at_once(cache: &mut SessionCache) -> Vec<u32> {
     for n in 0..5 {
         assert!(cache.store(&key(n), b"v", T0));
     }
-    let kept: Vec<u32> = (0..5)
+    (0..5)
         .filter(|&n| cache.retrieve(&key(n), T0).is_some())
-        .collect();
-    assert_eq!(kept, vec![2, 3, 4]);
+        .collect()
+}
+
+#[test]
+fn eviction_breaks_ties_by_insertion_order() {
+    let tmp = temp_dir();
+    let mut cache = SessionCache::open(&db(&tmp), THREE_ROWS);
+    assert_eq!(five_stored_at_once(&mut cache), vec![2, 3, 4]);
 }
 
 #[test]
 fn replacing_a_key_does_not_evict_others() {
     let tmp = temp_dir();
-    let config = CacheConfig {
-        lifetime_secs: 3600,
-        max_rows: 3,
-    };
-    let mut cache = SessionCache::open(&db(&tmp), config);
+    let mut cache = SessionCache::open(&db(&tmp), THREE_ROWS);
     assert!(cache.store(&key(0), b"v", T0));
     assert!(cache.store(&key(1), b"v", T0));
     for t in 0..20 {
@@ -310,11 +313,7 @@ fn purge_counts_expired_rows() {
 #[test]
 fn count_resyncs_after_outside_writes() {
     let tmp = temp_dir();
-    let config = CacheConfig {
-        lifetime_secs: 3600,
-        max_rows: 3,
-    };
-    let mut cache = SessionCache::open(&db(&tmp), config);
+    let mut cache = SessionCache::open(&db(&tmp), THREE_ROWS);
     for n in 0..3 {
         assert!(cache.store(&key(n), b"v", T0));
     }
@@ -829,18 +828,8 @@ fn deferred_rows_are_committed_when_many_wait_on_flush_and_on_drop() {
 #[test]
 fn deferred_commit_evicts_like_single_stores() {
     let tmp = temp_dir();
-    let config = CacheConfig {
-        lifetime_secs: 3600,
-        max_rows: 3,
-    };
-    let mut cache = deferred(&db(&tmp), config);
-    for n in 0..5 {
-        assert!(cache.store(&key(n), b"v", T0));
-    }
-    let kept: Vec<u32> = (0..5)
-        .filter(|&n| cache.retrieve(&key(n), T0).is_some())
-        .collect();
-    assert_eq!(kept, vec![2, 3, 4]);
+    let mut cache = deferred(&db(&tmp), THREE_ROWS);
+    assert_eq!(five_stored_at_once(&mut cache), vec![2, 3, 4]);
     assert_eq!(cache.len(), 3);
 }
 
