@@ -63,11 +63,9 @@ pub struct Store {
     hostname: String,
     pid: u32,
     known: KnownMailboxes,
-    /// Messages start as `O_TMPFILE` inodes (while the kernel and file
-    /// system allow it), else as names in `tmp/`.
+    /// Messages start as `O_TMPFILE` inodes until the kernel or a file
+    /// system refuses one, then as names in `tmp/`.
     anonymous_tmp: bool,
-    /// The fallback to names in `tmp/` has been logged.
-    fallback_logged: bool,
 }
 
 impl Store {
@@ -81,7 +79,6 @@ impl Store {
             pid: std::process::id(),
             known: KnownMailboxes::default(),
             anonymous_tmp: true,
-            fallback_logged: false,
         };
         if !Path::new(PROC_FD).is_dir() {
             store.use_named_tmp(&format!("{PROC_FD} is not available"));
@@ -92,14 +89,7 @@ impl Store {
     /// From now on every message starts under a name in `tmp/`.
     fn use_named_tmp(&mut self, why: &str) {
         self.anonymous_tmp = false;
-        self.log_fallback(why);
-    }
-
-    fn log_fallback(&mut self, why: &str) {
-        if !self.fallback_logged {
-            self.fallback_logged = true;
-            info!("{why}: writing messages under names in tmp/ instead");
-        }
+        info!("{why}: writing messages under names in tmp/ instead");
     }
 
     /// Makes this store write every message under a name in `tmp/`, as
@@ -170,10 +160,12 @@ impl Store {
             match anonymous {
                 Ok(file) => return Ok((file, TmpFile::Anonymous)),
                 // Refused by this kernel (EISDIR: too old to know the flag)
-                // or this file system; mailboxes may live on several, so
-                // the next message tries again.
+                // or this file system. Not tried again, so that such a
+                // store does not pay a failed open per message; where
+                // mailboxes span file systems, those that would allow it
+                // lose only the saving, not safety.
                 Err(e) if tmpfile_unsupported(&e) => {
-                    self.log_fallback(&format!("O_TMPFILE refused in {}: {e}", tmp_dir.display()));
+                    self.use_named_tmp(&format!("O_TMPFILE refused in {}: {e}", tmp_dir.display()));
                 }
                 Err(e) => return Err(e),
             }
