@@ -22,6 +22,7 @@ pub(super) enum Command<'a> {
 }
 
 pub(super) fn parse(line: &[u8]) -> Result<Command<'_>, Reply> {
+    let line = trim_end(line);
     if line.contains(&0) {
         return Err(reply::NUL_IN_COMMAND);
     }
@@ -33,6 +34,19 @@ pub(super) fn parse(line: &[u8]) -> Result<Command<'_>, Reply> {
     let constructor = lookup(verb).ok_or(reply::UNRECOGNIZED)?;
     let arg = std::str::from_utf8(rest.unwrap_or_default()).map_err(|_| reply::BAD_UTF8)?;
     constructor(arg.trim_matches([' ', '\t']))
+}
+
+/// Drops blanks and CRs at the end of a command line. `openssl s_client
+/// -crlf` turns a typed CRLF into CR CR LF, and other tools leave trailing
+/// spaces; Exim and Postfix accept both, and an administrator testing by
+/// hand should not get 500/501 for them. Only command lines pass through
+/// here: message content keeps its bare-CR rules.
+fn trim_end(line: &[u8]) -> &[u8] {
+    let end = line
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t' | b'\r'))
+        .map_or(0, |last| last + 1);
+    line.get(..end).unwrap_or_default()
 }
 
 type Constructor = fn(&str) -> Result<Command<'_>, Reply>;

@@ -426,6 +426,57 @@ fn verbs_are_case_insensitive_and_bare_lf_ends_lines() {
     );
 }
 
+#[test]
+fn trailing_blanks_and_crs_end_a_command_line() {
+    // `openssl s_client -crlf` sends a typed line as CR CR LF.
+    let mut client = Client::new();
+    assert_eq!(
+        client.talk(b"EHLO client.example\r\r\n"),
+        ehlo_reply(true, true)
+    );
+    assert_eq!(
+        client.talk(
+            b"MAIL FROM:<alice@client.example> \t\r\nRCPT TO:<bob@example.org>\r\r\nNOOP \r\n"
+        ),
+        "250 2.1.0 OK\r\n250 2.1.5 OK\r\n250 2.0.0 OK\r\n"
+    );
+    assert_eq!(
+        client.talk(b"DATA\r\r\n"),
+        "354 End data with <CR><LF>.<CR><LF>\r\n"
+    );
+    // Inside the message the bare-CR rule still holds.
+    assert_eq!(
+        client.talk(b"a\r\r\n.\r\n"),
+        "554 5.6.0 Message contains bare CR or LF characters (RFC 5321 2.3.8)\r\n"
+    );
+    assert_eq!(client.send(b"QUIT\r\r\n"), Next::Close);
+    assert!(client.take().starts_with("221 2.0.0 "));
+}
+
+#[test]
+fn trailing_blanks_before_bdat_content_are_not_content() {
+    let mut client = Client::in_transaction();
+    assert_eq!(
+        client.talk(b"BDAT 4 LAST \r\r\nab\r\n"),
+        "250 2.0.0 OK id=msg1\r\n"
+    );
+    assert_eq!(client.sink.committed()[0].content, b"ab\r\n");
+}
+
+#[test]
+fn only_trailing_blanks_go() {
+    let mut client = Client::ready();
+    // A CR inside the line is still part of it.
+    assert_eq!(
+        client.talk(b"MAIL FROM:<a\rb@client.example>\r\n"),
+        "553 5.1.7 Bad sender address syntax\r\n"
+    );
+    assert_eq!(
+        client.talk(b" \r\t \r\n"),
+        "500 5.5.2 Unrecognized command\r\n"
+    );
+}
+
 // ---------------------------------------------------------------- simple commands
 
 #[test]
