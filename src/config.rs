@@ -12,7 +12,10 @@ use crate::hostlist::HostList;
 use crate::privileges::Account;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2525";
-pub const DEFAULT_PRIORITY: &str = "NORMAL:-VERS-TLS1.0:-VERS-TLS1.1";
+/// Server precedence: the server's order of suites (AEAD first) decides, not a
+/// client that lists CBC first. TLS 1.0 and 1.1 are off; the rest of NORMAL
+/// stays, since for opportunistic TLS a weaker suite beats plaintext.
+pub const DEFAULT_PRIORITY: &str = "NORMAL:%SERVER_PRECEDENCE:-VERS-TLS1.0:-VERS-TLS1.1";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertPair {
@@ -147,7 +150,12 @@ fn options() -> Options {
         "name in banner, EHLO and Received (default: system host name)",
         "NAME",
     );
-    o.optopt("", "tls-priority", "GnuTLS priority string", "STRING");
+    o.optopt(
+        "",
+        "tls-priority",
+        "GnuTLS priority string (default NORMAL:%SERVER_PRECEDENCE:-VERS-TLS1.0:-VERS-TLS1.1)",
+        "STRING",
+    );
     o.optopt(
         "",
         "pipe-connect-hosts",
@@ -499,6 +507,11 @@ mod tests {
                 session_cache: Some(PathBuf::from("./gsmtpd-state/sessions.sqlite")),
             }
         );
+    }
+
+    #[test]
+    fn help_names_the_default_priority() {
+        assert!(usage().contains(DEFAULT_PRIORITY), "{}", usage());
     }
 
     #[test]

@@ -840,7 +840,7 @@ fn tls_fixture() -> TlsFixture {
         .expect("loading the certificate");
     TlsFixture {
         credentials: Rc::new(credentials),
-        priority: Rc::new(Priority::new("NORMAL:-VERS-TLS1.0:-VERS-TLS1.1").expect("priority")),
+        priority: Rc::new(Priority::new(crate::config::DEFAULT_PRIORITY).expect("priority")),
         ticket_key: MasterKey::generate().expect("ticket key"),
         smtp_config: Rc::new(SmtpConfig {
             hostname: HOST.into(),
