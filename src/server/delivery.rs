@@ -63,7 +63,8 @@ fn sink_error(what: &str, e: std::io::Error) -> SinkError {
 
 impl MessageSink for StoreSink<'_> {
     fn begin(&mut self, env: &Envelope) -> Result<(), SinkError> {
-        let id = self.store.next_id();
+        let message = self.store.next_id();
+        let id = message.to_string();
         let header = received::trace_headers(env, &id, self.hostname, crate::clock::unix_secs());
         let mailboxes: Vec<(String, String)> = env
             .recipients
@@ -72,7 +73,7 @@ impl MessageSink for StoreSink<'_> {
             .collect();
         let delivery = self
             .store
-            .begin(&mailboxes, &header)
+            .begin(message, &mailboxes, &header)
             .map_err(|e| sink_error("starting delivery", e))?;
         *self.pending = Some(Pending { id, delivery });
         Ok(())

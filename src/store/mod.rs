@@ -47,6 +47,7 @@ use log::info;
 pub use clean::{STALE_TMP_AGE, clean_stale_tmp};
 pub use commit::{check_kernel, commit_all};
 pub use delivery::Delivery;
+pub use unique::MessageId;
 
 use delivery::TmpFile;
 use dirs::KnownMailboxes;
@@ -61,7 +62,6 @@ pub struct Store {
     root: PathBuf,
     /// Already escaped for use in a Maildir file name.
     hostname: String,
-    pid: u32,
     known: KnownMailboxes,
     /// Messages start as `O_TMPFILE` inodes until the kernel or a file
     /// system refuses one, then as names in `tmp/`.
@@ -76,7 +76,6 @@ impl Store {
         let mut store = Store {
             root: root.to_path_buf(),
             hostname: unique::escape_hostname(hostname),
-            pid: std::process::id(),
             known: KnownMailboxes::default(),
             anonymous_tmp: true,
         };
@@ -105,10 +104,15 @@ impl Store {
         &self.root
     }
 
-    /// Starts one message for these (domain, local-part) mailboxes and
+    /// Starts message `id` for these (domain, local-part) mailboxes and
     /// writes `header` (LF line ends, stored verbatim) at its top.
     /// Mailboxes listed more than once get one copy.
-    pub fn begin(&mut self, mailboxes: &[(String, String)], header: &[u8]) -> io::Result<Delivery> {
+    pub fn begin(
+        &mut self,
+        id: MessageId,
+        mailboxes: &[(String, String)],
+        header: &[u8],
+    ) -> io::Result<Delivery> {
         if mailboxes.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -127,12 +131,7 @@ impl Store {
             }
         }
 
-        let name = unique::maildir_name(
-            unique::now(),
-            self.pid,
-            unique::next_counter(),
-            &self.hostname,
-        );
+        let name = id.maildir_name(&self.hostname);
         let (file, tmp) = match self.create_tmp(&dirs[0].join("tmp"), &name) {
             Ok(created) => created,
             Err(e) => {
@@ -182,11 +181,11 @@ impl Store {
         Ok((file, TmpFile::Named { path, live: true }))
     }
 
-    /// A fresh id for log lines, Exim-like base62 `TTTTTT-PPPPPP-CC` from
-    /// the current time, the pid and a process-wide counter (the last part
-    /// grows beyond two digits once the counter passes 62²).
-    pub fn next_id(&mut self) -> String {
-        unique::log_id(unique::now(), self.pid, unique::next_counter())
+    /// A fresh message id, from the current time, this process's pid
+    /// (read now, so that a forked worker counts as itself) and a
+    /// process-wide counter.
+    pub fn next_id(&self) -> MessageId {
+        MessageId::next()
     }
 }
 

@@ -76,7 +76,7 @@ const HEADER: &[u8] = b"Return-Path: <a@b.example>\nReceived: from x by y; date\
 
 /// Delivers `chunks` (wire format) to `mailboxes` and returns the paths.
 fn deliver(store: &mut Store, mailboxes: &[(String, String)], chunks: &[&[u8]]) -> Vec<PathBuf> {
-    let mut d = store.begin(mailboxes, HEADER).unwrap();
+    let mut d = store.begin(store.next_id(), mailboxes, HEADER).unwrap();
     for chunk in chunks {
         d.write(chunk).unwrap();
     }
@@ -146,7 +146,9 @@ fn large_message_round_trips() {
     let (mut store, _root) = store(&tmp);
     let line = b"0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ\r\n";
     let wire: Vec<u8> = line.repeat(10_000);
-    let mut d = store.begin(&[mb("example.com", "big")], HEADER).unwrap();
+    let mut d = store
+        .begin(store.next_id(), &[mb("example.com", "big")], HEADER)
+        .unwrap();
     // Odd-sized chunks so CRLFs fall across chunk and buffer boundaries.
     for chunk in wire.chunks(1021) {
         d.write(chunk).unwrap();
@@ -324,7 +326,7 @@ fn dropped_delivery_leaves_nothing() {
     let tmp = temp_dir();
     let (mut store, root) = store(&tmp);
     let boxes = [mb("example.com", "alice"), mb("example.org", "bob")];
-    let mut d = store.begin(&boxes, HEADER).unwrap();
+    let mut d = store.begin(store.next_id(), &boxes, HEADER).unwrap();
     d.write(b"Subject: aborted\r\n\r\n").unwrap();
     d.write(&vec![b'x'; 200_000]).unwrap();
     // Being written, but without a name anywhere.
@@ -341,7 +343,9 @@ fn dropped_delivery_leaves_nothing() {
 fn abandoned_delivery_leaves_nothing_in_tmp() {
     let tmp = temp_dir();
     let (mut store, root) = store(&tmp);
-    let mut d = store.begin(&[mb("example.com", "alice")], HEADER).unwrap();
+    let mut d = store
+        .begin(store.next_id(), &[mb("example.com", "alice")], HEADER)
+        .unwrap();
     d.write(&vec![b'x'; 200_000]).unwrap();
     // As in a crash no clean-up code runs (the descriptor leaks until the
     // test process exits, as a crashed server's would until it died).
@@ -356,7 +360,7 @@ fn named_tmp_fallback_delivers_and_cleans_tmp() {
     let (mut store, root) = store_in_mode(&tmp, true);
     let boxes = [mb("example.com", "alice"), mb("example.org", "bob")];
     let alice_tmp = root.join("example.com/alice/tmp");
-    let mut d = store.begin(&boxes, HEADER).unwrap();
+    let mut d = store.begin(store.next_id(), &boxes, HEADER).unwrap();
     d.write(b"Subject: named\r\n\r\nbody\r\n").unwrap();
     let tmp_names = names(&alice_tmp);
     assert_eq!(tmp_names.len(), 1);
@@ -373,7 +377,7 @@ fn named_tmp_fallback_delivers_and_cleans_tmp() {
     assert!(names(&root.join("example.org/bob/tmp")).is_empty());
 
     // Dropped, it removes its tmp name.
-    let d = store.begin(&boxes, HEADER).unwrap();
+    let d = store.begin(store.next_id(), &boxes, HEADER).unwrap();
     assert_eq!(names(&alice_tmp).len(), 1);
     drop(d);
     assert!(names(&alice_tmp).is_empty());
@@ -405,7 +409,7 @@ fn commit_failure_leaves_nothing_and_recovers() {
         mb("example.com", "broken"),
         mb("example.net", "carol"),
     ];
-    let mut d = store.begin(&boxes, HEADER).unwrap();
+    let mut d = store.begin(store.next_id(), &boxes, HEADER).unwrap();
     d.write(b"Subject: doomed\r\n\r\nbody\r\n").unwrap();
     // Break the middle mailbox after begin() has created (and cached) it,
     // so alice's link succeeds first and must be undone.
@@ -438,14 +442,18 @@ fn begin_fails_when_a_mailbox_cannot_be_created() {
     fs::create_dir_all(root.join("example.com/bob")).unwrap();
     fs::write(root.join("example.com/bob/new"), b"").unwrap();
     let boxes = [mb("example.com", "alice"), mb("example.com", "bob")];
-    let err = store.begin(&boxes, HEADER).err().unwrap();
+    let err = store.begin(store.next_id(), &boxes, HEADER).err().unwrap();
     assert_eq!(err.kind(), io::ErrorKind::NotADirectory);
     assert!(names(&root.join("example.com/alice/tmp")).is_empty());
     assert!(names(&root.join("example.com/alice/new")).is_empty());
 
     // A domain that is a file fails too.
     fs::write(root.join("example.org"), b"").unwrap();
-    assert!(store.begin(&[mb("example.org", "x")], HEADER).is_err());
+    assert!(
+        store
+            .begin(store.next_id(), &[mb("example.org", "x")], HEADER)
+            .is_err()
+    );
 }
 
 #[test]
@@ -466,12 +474,12 @@ fn rejects_dangerous_names() {
     ];
     for pair in bad {
         let err = store
-            .begin(std::slice::from_ref(&pair), HEADER)
+            .begin(store.next_id(), std::slice::from_ref(&pair), HEADER)
             .err()
             .unwrap();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{pair:?}");
     }
-    let err = store.begin(&[], HEADER).err().unwrap();
+    let err = store.begin(store.next_id(), &[], HEADER).err().unwrap();
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     assert!(names(&root).is_empty());
 }
@@ -534,6 +542,34 @@ fn maildir_name_and_log_id_format() {
     assert_eq!(parts[1], "00016q");
     assert_eq!(parts[2], "07");
     assert!(id.chars().all(|c| c == '-' || c.is_ascii_alphanumeric()));
+}
+
+#[test]
+fn each_message_is_counted_once_for_its_id_and_its_file_name() {
+    let tmp = temp_dir();
+    let (mut store, _root) = store(&tmp);
+    let counter = |path: &Path| -> u64 {
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let q = name.split('Q').nth(1).unwrap();
+        q.split('.').next().unwrap().parse().unwrap()
+    };
+    for _ in 0..3 {
+        let id = store.next_id();
+        let mut d = store
+            .begin(id, &[mb("example.com", "ids")], HEADER)
+            .unwrap();
+        d.write(b"x\r\n").unwrap();
+        let n = counter(&d.commit().unwrap()[0]);
+        let log_id = id.to_string();
+        // Counted once: the file carries the id's own count (other test
+        // threads share the counter, so consecutive ids are checked on the
+        // wire, in tests/scanners.rs).
+        assert_eq!(
+            log_id.rsplit('-').next().unwrap(),
+            unique::base62(n, 2),
+            "{log_id} names the file's Q{n}"
+        );
+    }
 }
 
 #[test]
@@ -628,7 +664,9 @@ fn three_deliveries(store: &mut Store) -> Vec<super::Delivery> {
     ["alice", "bob", "carol"]
         .iter()
         .map(|who| {
-            let mut d = store.begin(&[mb("example.com", who)], HEADER).unwrap();
+            let mut d = store
+                .begin(store.next_id(), &[mb("example.com", who)], HEADER)
+                .unwrap();
             // Still in the BufWriter: the group commit must write it out.
             d.write(format!("Subject: for {who}\r\n\r\nbody\r").as_bytes())
                 .unwrap();

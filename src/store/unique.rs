@@ -8,7 +8,7 @@ use std::time::Duration;
 /// with their own counters could produce the same name in one microsecond.
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-pub(super) fn next_counter() -> u64 {
+fn next_counter() -> u64 {
     COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_add(1)
 }
 
@@ -16,7 +16,7 @@ const BASE62: &[u8; 62] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOP
 
 /// Time since the epoch; a clock set before 1970 yields zero rather than an
 /// error, since uniqueness still comes from pid and counter.
-pub(super) fn now() -> Duration {
+fn now() -> Duration {
     crate::clock::since_epoch()
 }
 
@@ -48,6 +48,40 @@ pub(super) fn escape_hostname(host: &str) -> String {
         }
     }
     out
+}
+
+/// One message, counted once: its log id and its Maildir file name are
+/// both made from the same time, pid and counter, so an operator can find
+/// the file of a log line (`Q<counter>` is the id's last part in decimal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MessageId {
+    at: Duration,
+    pid: u32,
+    counter: u64,
+}
+
+impl MessageId {
+    /// The next id of this process.
+    pub fn next() -> MessageId {
+        MessageId {
+            at: now(),
+            pid: std::process::id(),
+            counter: next_counter(),
+        }
+    }
+
+    /// `SECS.M<usec>P<pid>Q<counter>.<host>`; `host` must already be escaped.
+    pub(super) fn maildir_name(&self, host: &str) -> String {
+        maildir_name(self.at, self.pid, self.counter, host)
+    }
+}
+
+/// Exim-like base62 `TTTTTT-PPPPPP-CC` (the last part grows beyond two
+/// digits once the counter passes 62²).
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&log_id(self.at, self.pid, self.counter))
+    }
 }
 
 /// `SECS.M<usec>P<pid>Q<counter>.<host>`; `host` must already be escaped.
