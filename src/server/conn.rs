@@ -19,7 +19,7 @@ use super::timers::{Deadline, TimerKey};
 use super::tls_context::{NewSession, resumption_words};
 use crate::smtp::{ConnInfo, Next, Phase, SinkError, Smtp, TlsInfo};
 use crate::tls::client_hello::{self, Hello, Parse};
-use crate::tls::{Handshake, ReadStatus, ServerSession, TlsError};
+use crate::tls::{Handshake, Negotiated, ReadStatus, ServerSession, TlsError};
 
 /// Past this much unsent output, stop reading from a client that does not
 /// read its replies.
@@ -374,35 +374,50 @@ impl Conn {
         let Tls::Handshaking(new, hello) = mem::replace(&mut self.tls, Tls::Off) else {
             return Ok(());
         };
-        shared.tls.learn(&new);
         let negotiated = new.session.negotiated();
-        let resumption = resumption_words(
-            shared.tls.resumption_supported(),
-            hello.as_ref(),
-            &negotiated,
-        );
         let info = TlsInfo {
             version: negotiated.version.to_string(),
-            cipher: negotiated.cipher,
+            cipher: negotiated.cipher.clone(),
             bits: negotiated.bits,
             resumed: negotiated.resumed,
         };
-        log::info!(
-            "TLS established with [{}]:{} X={} cert={} resumption={resumption}",
-            self.peer.ip(),
-            self.peer.port(),
-            tls_field(&info),
-            shared.tls.served(&new.session)
-        );
         self.tls = Tls::Established(new);
-        self.smtp.tls_established(info);
+        self.smtp.tls_established(info.clone());
         let timeout = shared.timeouts.command;
         self.set_deadline(shared, timeout);
         // A TLS 1.3 client may send its first commands with its Finished:
         // on the implicit-TLS listener that is before our banner.
-        self.decrypt(shared)?;
-        self.greet_if_silent();
-        Ok(())
+        let step = self.decrypt(shared).and_then(|()| {
+            self.greet_if_silent();
+            // The TLS 1.3 tickets, the banner and any replies go out before
+            // the bookkeeping below: a client that leaves right after its
+            // handshake, as scanners do, still gets its tickets.
+            self.flush()
+        });
+        self.established(shared, hello.as_ref(), &negotiated, &info);
+        step
+    }
+
+    /// Bookkeeping once a handshake is done and its output written.
+    fn established(
+        &self,
+        shared: &mut Shared,
+        hello: Option<&Hello>,
+        negotiated: &Negotiated,
+        info: &TlsInfo,
+    ) {
+        let Tls::Established(new) = &self.tls else {
+            return;
+        };
+        shared.tls.learn(new);
+        let resumption = resumption_words(shared.tls.resumption_supported(), hello, negotiated);
+        log::info!(
+            "TLS established with [{}]:{} X={} cert={} resumption={resumption}",
+            self.peer.ip(),
+            self.peer.port(),
+            tls_field(info),
+            shared.tls.served(&new.session)
+        );
     }
 
     fn decrypt(&mut self, shared: &mut Shared) -> Step {
