@@ -67,6 +67,23 @@ impl MasterKey {
         }
     }
 
+    /// A master read from a ticket key file or the control channel: exactly
+    /// `MASTER_LEN` bytes, else None. The caller wipes its copy.
+    pub fn from_slice(bytes: &[u8]) -> Option<MasterKey> {
+        if bytes.len() != MASTER_LEN {
+            return None;
+        }
+        let mut key = MasterKey::zeroed();
+        key.bytes.copy_from_slice(bytes);
+        Some(key)
+    }
+
+    /// The key itself, to write into a ticket key file or hand to another
+    /// process. Never log it.
+    pub fn expose(&self) -> &[u8; MASTER_LEN] {
+        &self.bytes
+    }
+
     /// A datum GnuTLS copies from; valid while `self` lives.
     pub(super) fn datum(&self) -> ffi::gnutls_datum_t {
         ffi::gnutls_datum_t {
@@ -112,7 +129,8 @@ impl fmt::Debug for MasterKey {
     }
 }
 
-fn wipe(bytes: &mut [u8]) {
+/// Zeroes memory that held key material, in a way the optimiser keeps.
+pub fn wipe(bytes: &mut [u8]) {
     // SAFETY: bytes is valid for writes of its length; gnutls_memset is a
     // memset the optimiser cannot remove.
     unsafe { ffi::gnutls_memset(bytes.as_mut_ptr() as *mut c_void, 0, bytes.len()) }
