@@ -16,6 +16,7 @@ pub mod server;
 pub mod session_cache;
 pub mod smtp;
 pub mod store;
+pub mod ticket_key_file;
 pub mod tls;
 
 #[cfg(test)]
