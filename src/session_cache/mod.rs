@@ -218,10 +218,16 @@ impl SessionCache {
         }
     }
 
-    /// The unexpired value stored under `key`, if any.
+    /// The unexpired value stored under `key`, if any. A row still waiting
+    /// for its commit is answered from memory (a client that resumes right
+    /// away costs no commit); otherwise the waiting rows are committed
+    /// first and the database is asked.
     pub fn retrieve(&mut self, key: &[u8], now: u64) -> Option<Vec<u8>> {
         if !valid_key(key) {
             return None;
+        }
+        if let Some(row) = self.pending.iter().rev().find(|p| p.key == key) {
+            return (row.expires > db_time(now)).then(|| row.value.clone());
         }
         self.flush(now);
         let db = self.ready(now)?;

@@ -250,6 +250,9 @@ fn five_stored_at_once(cache: &mut SessionCache) -> Vec<u32> {
     for n in 0..5 {
         assert!(cache.store(&key(n), b"v", T0));
     }
+    // Rows still waiting are answered from memory; eviction happens when
+    // they are committed.
+    cache.flush(T0);
     (0..5)
         .filter(|&n| cache.retrieve(&key(n), T0).is_some())
         .collect()
@@ -779,7 +782,7 @@ fn deferred(path: &Path, config: CacheConfig) -> SessionCache {
 }
 
 #[test]
-fn deferred_rows_are_committed_before_any_lookup() {
+fn deferred_rows_are_found_before_their_commit_and_committed_before_other_lookups() {
     let tmp = temp_dir();
     let path = db(&tmp);
     let mut cache = deferred(&path, CONFIG);
@@ -787,10 +790,17 @@ fn deferred_rows_are_committed_before_any_lookup() {
     assert!(cache.store(b"id-2", b"two", T0));
     assert_eq!(cache.pending(), 2);
     assert_eq!(rows_on_disk(&path), 0);
-    // The lookup commits everything queued first, then finds the row.
+    // A waiting row is answered from memory, without a commit...
     assert_eq!(cache.retrieve(b"id-2", T0).as_deref(), Some(&b"two"[..]));
+    assert_eq!(cache.pending(), 2);
+    // ...but not once it has expired.
+    let expired = T0 + CONFIG.lifetime_secs;
+    assert_eq!(cache.retrieve(b"id-2", expired), None);
+    // Any other lookup commits everything queued first.
+    assert_eq!(cache.retrieve(b"id-0", T0), None);
     assert_eq!(cache.pending(), 0);
     assert_eq!(rows_on_disk(&path), 2);
+    assert_eq!(cache.retrieve(b"id-2", T0).as_deref(), Some(&b"two"[..]));
     // A replacement queued after the first commit wins, as without deferral.
     assert!(cache.store(b"id-1", b"three", T0 + 1));
     assert_eq!(
