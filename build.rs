@@ -27,6 +27,7 @@ const FUNCTIONS: &[&str] = &[
     "gnutls_certificate_set_x509_key_mem2",
     "gnutls_priority_init2",
     "gnutls_priority_deinit",
+    "gnutls_priority_protocol_list",
     // server sessions
     "gnutls_init",
     "gnutls_deinit",

@@ -3,6 +3,9 @@
 //! (no sockets, no event loop, no SMTP). Reports the server-side time per
 //! handshake for TLS 1.3 full/resumed and TLS 1.2 full/ticket/session-ID,
 //! with the ECDSA P-256 and RSA-2048 certificates of scripts/make-test-pki.
+//! TLS 1.2 sessions are cached in memory, as a worker holds the one the
+//! supervisor found before the handshake begins (the SQLite cache is the
+//! supervisor's work, off the handshake's path).
 //! Single-threaded, so on an otherwise idle core the time is CPU time. On a
 //! shared machine a handshake now and then loses the core for a while: the
 //! figure is therefore the median of the handshakes' server times (the mean
@@ -11,10 +14,12 @@
 //! cargo bench --bench limit -- --pki DIR [--count N] [--json FILE]
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use gsmtpd::session_cache::{CacheConfig, SessionCache};
+use gsmtpd::tls::client_hello::{self, Parse};
+use gsmtpd::tls::session_db::{CacheOp, SessionDb};
 use gsmtpd::tls::ticket_keys::MasterKey;
 use gsmtpd::tls::{ClientSession, Credentials, Priority, ServerSession, SessionSetup, pair};
 
@@ -76,16 +81,6 @@ fn main() {
 
 fn run(pki: &str, count: u32, json: Option<String>) -> Result<(), String> {
     gsmtpd::tls::init().map_err(|e| e.to_string())?;
-    let cache_dir = std::env::temp_dir().join(format!("gsmtpd-limit-{}", std::process::id()));
-    std::fs::create_dir_all(&cache_dir).map_err(|e| e.to_string())?;
-    let cache_config = CacheConfig {
-        lifetime_secs: 3600,
-        max_rows: 100_000,
-    };
-    let cache = Rc::new(RefCell::new(SessionCache::open(
-        &cache_dir.join("sessions.sqlite"),
-        cache_config,
-    )));
     let key = MasterKey::generate().map_err(|e| e.to_string())?;
     let client_creds = Rc::new(Credentials::new().map_err(|e| e.to_string())?);
 
@@ -110,15 +105,14 @@ fn run(pki: &str, count: u32, json: Option<String>) -> Result<(), String> {
         let server_creds = Rc::new(creds);
         for mode in &MODES {
             let prio = Rc::new(Priority::new(mode.priority).map_err(|e| e.to_string())?);
-            let setup = SessionSetup {
+            let server = Server {
                 credentials: &server_creds,
                 priority: &prio,
-                ticket_key: Some(&key),
-                no_new_tickets: false,
-                cache: Some(&cache),
-                lifetime: 3600,
+                key: &key,
+                cache: RefCell::default(),
+                ops: Rc::default(),
             };
-            let m = measure(&setup, &client_creds, &prio, mode.resume, count)?;
+            let m = measure(&server, &client_creds, &prio, mode.resume, count)?;
             let (us, mean_us) = (m.median.as_secs_f64() * 1e6, m.mean.as_secs_f64() * 1e6);
             println!(
                 "{cert:<8} {:<18} {us:>12.0} {:>9.1}%",
@@ -131,7 +125,6 @@ fn run(pki: &str, count: u32, json: Option<String>) -> Result<(), String> {
             ));
         }
     }
-    let _ = std::fs::remove_dir_all(&cache_dir);
     if let Some(path) = json {
         std::fs::write(&path, format!("[{}]\n", rows.join(",")))
             .map_err(|e| format!("{path}: {e}"))?;
@@ -148,9 +141,56 @@ struct Measured {
     resumed_pct: f64,
 }
 
+/// What each server session is made from, and the TLS 1.2 session cache.
+struct Server<'a> {
+    credentials: &'a Rc<Credentials>,
+    priority: &'a Rc<Priority>,
+    key: &'a MasterKey,
+    cache: RefCell<HashMap<Vec<u8>, Vec<u8>>>,
+    ops: Rc<RefCell<Vec<CacheOp>>>,
+}
+
+impl Server<'_> {
+    /// A session for the client whose ClientHello is queued in `client`,
+    /// handed the cached session it names, as a worker's would be.
+    fn session(&self, client: &mut ClientSession) -> Result<ServerSession, String> {
+        client.handshake().map_err(|e| e.to_string())?;
+        let found = match client_hello::parse(client.pending_output()) {
+            Parse::Complete(hello) => self
+                .cache
+                .borrow()
+                .get(&hello.session_id)
+                .map(|data| (hello.session_id.clone(), data.clone())),
+            _ => None,
+        };
+        ServerSession::new(SessionSetup {
+            credentials: self.credentials,
+            priority: self.priority,
+            ticket_key: Some(self.key),
+            no_new_tickets: false,
+            cache: Some(SessionDb {
+                found,
+                ops: Rc::clone(&self.ops),
+            }),
+            lifetime: 3600,
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    /// What the session stored, into the cache (the supervisor's part).
+    fn apply_ops(&self) {
+        for op in self.ops.borrow_mut().drain(..) {
+            match op {
+                CacheOp::Store { id, data } => self.cache.borrow_mut().insert(id, data),
+                CacheOp::Remove { id } => self.cache.borrow_mut().remove(&id),
+            };
+        }
+    }
+}
+
 /// Server time per handshake, after a few warm-up ones.
 fn measure(
-    setup: &SessionSetup<'_>,
+    setup: &Server<'_>,
     client_creds: &Rc<Credentials>,
     prio: &Rc<Priority>,
     resume: bool,
@@ -162,11 +202,12 @@ fn measure(
     let warmup = 10;
     let started = Instant::now();
     for i in 0..count + warmup {
-        let mut server = ServerSession::new(setup).map_err(|e| e.to_string())?;
         let offer = if resume { data.as_deref() } else { None };
         let mut client = ClientSession::new(client_creds, prio, "localhost", offer)
             .map_err(|e| e.to_string())?;
+        let mut server = setup.session(&mut client)?;
         let t = pair::handshake(&mut client, &mut server).map_err(|e| e.to_string())?;
+        setup.apply_ops();
         if resume && data.is_none() {
             data = Some(client.session_data().map_err(|e| e.to_string())?);
         }

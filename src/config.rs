@@ -49,6 +49,9 @@ pub struct Resumption {
     /// Seconds an issued ticket or cached session may be resumed.
     pub ticket_lifetime: u64,
     pub tickets: bool,
+    /// Masters from this file (shared with other hosts) instead of the
+    /// supervisor's own rotation.
+    pub ticket_key_file: Option<PathBuf>,
     /// The TLS 1.2 session-ID cache; None with `--session-cache none`.
     pub session_cache: Option<PathBuf>,
 }
@@ -76,10 +79,21 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Give up root for this account once the listeners are bound.
     pub user: Option<Account>,
+    /// Worker processes serving connections.
+    pub workers: usize,
 }
+
+/// Most worker processes; far beyond the cores of any MX host.
+pub const MAX_WORKERS: usize = 256;
 
 pub enum Command {
     Run(Box<Config>),
+    /// `gsmtpd ticket-key rotate FILE`.
+    RotateTicketKeys {
+        file: PathBuf,
+        rotation: u64,
+        lifetime: u64,
+    },
     Help(String),
     Version,
 }
@@ -181,6 +195,18 @@ fn options() -> Options {
     );
     o.optopt(
         "",
+        "ticket-key-file",
+        "ticket masters shared with other hosts, rotated by 'gsmtpd ticket-key rotate FILE'",
+        "FILE",
+    );
+    o.optopt(
+        "",
+        "workers",
+        "worker processes (default: the CPUs gsmtpd may run on)",
+        "N",
+    );
+    o.optopt(
+        "",
         "session-cache",
         "SQLite TLS 1.2 session cache, or none (default STATE_DIR/sessions.sqlite)",
         "FILE",
@@ -255,8 +281,10 @@ fn options() -> Options {
 }
 
 pub fn usage() -> String {
-    options()
-        .usage("Usage: gsmtpd [OPTIONS]\n\nSMTP server with STARTTLS and implicit TLS over GnuTLS.")
+    options().usage(
+        "Usage: gsmtpd [OPTIONS]\n       gsmtpd ticket-key rotate FILE [--ticket-rotation S] [--ticket-lifetime S]\n\n\
+         SMTP server with STARTTLS and implicit TLS over GnuTLS.",
+    )
 }
 
 /// Parses the arguments after the program name.
@@ -270,10 +298,35 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
     if m.opt_present("version") {
         return Ok(Command::Version);
     }
-    if let Some(extra) = m.free.first() {
-        return Err(UsageError(format!("unexpected argument '{extra}'")));
+    match m.free.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [] => build(&m).map(|c| Command::Run(Box::new(c))),
+        ["ticket-key", "rotate", file] => Ok(Command::RotateTicketKeys {
+            file: PathBuf::from(file),
+            rotation: number(&m, "ticket-rotation", DEFAULT_ROTATION, 1)?,
+            lifetime: number(&m, "ticket-lifetime", DEFAULT_LIFETIME, 1)?,
+        }),
+        ["ticket-key", ..] => Err(UsageError(
+            "ticket-key: the command is 'gsmtpd ticket-key rotate FILE'".into(),
+        )),
+        [extra, ..] => Err(UsageError(format!("unexpected argument '{extra}'"))),
     }
-    build(&m).map(|c| Command::Run(Box::new(c)))
+}
+
+const DEFAULT_ROTATION: u64 = 21_600;
+const DEFAULT_LIFETIME: u64 = 7_200;
+
+/// The CPUs this process may run on (its affinity mask), as a worker
+/// count: on a host shared with other services the operator pins gsmtpd
+/// with taskset or systemd's CPUAffinity=, and gsmtpd follows.
+fn cpus_allowed() -> usize {
+    nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .map(|set| {
+            (0..nix::sched::CpuSet::count())
+                .filter(|&i| set.is_set(i).unwrap_or(false))
+                .count()
+        })
+        .unwrap_or(1)
+        .clamp(1, MAX_WORKERS)
 }
 
 fn build(m: &Matches) -> Result<Config, UsageError> {
@@ -320,11 +373,27 @@ fn build(m: &Matches) -> Result<Config, UsageError> {
         None => Some(state_dir.join("sessions.sqlite")),
     };
     let resumption = Resumption {
-        ticket_rotation: number(m, "ticket-rotation", 21_600, 1)?,
-        ticket_lifetime: number(m, "ticket-lifetime", 7_200, 1)?,
+        ticket_rotation: number(m, "ticket-rotation", DEFAULT_ROTATION, 1)?,
+        ticket_lifetime: number(m, "ticket-lifetime", DEFAULT_LIFETIME, 1)?,
         tickets: !m.opt_present("no-tickets"),
+        ticket_key_file: m.opt_str("ticket-key-file").map(PathBuf::from),
         session_cache,
     };
+    if !resumption.tickets && resumption.ticket_key_file.is_some() {
+        return Err(UsageError(
+            "--ticket-key-file: tickets are off (--no-tickets), so no ticket key file is read"
+                .into(),
+        ));
+    }
+    let workers = match m.opt_str("workers") {
+        None => cpus_allowed(),
+        Some(_) => number(m, "workers", 1, 1)?,
+    };
+    if workers > MAX_WORKERS {
+        return Err(UsageError(format!(
+            "--workers: at most {MAX_WORKERS} worker processes"
+        )));
+    }
     let pipe_connect_hosts = HostList::parse(
         &m.opt_str("pipe-connect-hosts")
             .unwrap_or_else(|| "*".into()),
@@ -357,6 +426,7 @@ fn build(m: &Matches) -> Result<Config, UsageError> {
             shutdown: seconds(m, "shutdown-timeout", 30)?,
         },
         user,
+        workers,
     })
 }
 
@@ -504,9 +574,48 @@ mod tests {
                 ticket_rotation: 21_600,
                 ticket_lifetime: 7_200,
                 tickets: true,
+                ticket_key_file: None,
                 session_cache: Some(PathBuf::from("./gsmtpd-state/sessions.sqlite")),
             }
         );
+        assert_eq!(c.workers, cpus_allowed());
+        assert!(c.workers >= 1);
+    }
+
+    #[test]
+    fn workers_and_ticket_key_file() {
+        let c = run(&["--workers", "3", "--ticket-key-file", "/run/gsmtpd/keys"]).unwrap();
+        assert_eq!(c.workers, 3);
+        assert_eq!(
+            c.resumption.ticket_key_file,
+            Some(PathBuf::from("/run/gsmtpd/keys"))
+        );
+        assert!(error(&["--workers", "0"]).starts_with("--workers:"));
+        assert!(error(&["--workers", "257"]).starts_with("--workers:"));
+        assert!(
+            error(&["--no-tickets", "--ticket-key-file", "k"]).starts_with("--ticket-key-file:")
+        );
+    }
+
+    #[test]
+    fn ticket_key_rotate_command() {
+        let args: Vec<String> = ["ticket-key", "rotate", "/run/k", "--ticket-rotation", "60"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        match parse(&args) {
+            Ok(Command::RotateTicketKeys {
+                file,
+                rotation,
+                lifetime,
+            }) => {
+                assert_eq!(file, PathBuf::from("/run/k"));
+                assert_eq!((rotation, lifetime), (60, 7_200));
+            }
+            _ => panic!("not the rotate command"),
+        }
+        let bad: Vec<String> = vec!["ticket-key".into(), "spin".into()];
+        assert!(parse(&bad).err().unwrap().0.starts_with("ticket-key:"));
     }
 
     #[test]
@@ -636,7 +745,6 @@ mod tests {
             "1",
             "--ticket-lifetime",
             "1",
-            "--no-tickets",
             "--session-cache",
             "none",
             "--pipe-connect-hosts",
@@ -661,6 +769,10 @@ mod tests {
             "1",
             "--user",
             "root",
+            "--workers",
+            "2",
+            "--ticket-key-file",
+            "k",
         ])
         .unwrap();
     }

@@ -925,9 +925,9 @@ impl TlsHarness<'_> {
             Parse::Incomplete => return,
             Parse::Complete(hello) => {
                 assert!(
-                    hello.session_id_len <= 32,
+                    hello.session_id.len() <= 32,
                     "session id of {}",
-                    hello.session_id_len
+                    hello.session_id.len()
                 );
                 assert!(
                     hello.ticket_key_name.is_none() || hello.offers_ticket,
@@ -951,7 +951,7 @@ impl TlsHarness<'_> {
             cache: None,
             lifetime: 3600,
         };
-        let mut session = ServerSession::new(&setup).expect("ServerSession::new");
+        let mut session = ServerSession::new(setup).expect("ServerSession::new");
         assert!(session.pending_output().is_empty());
         session.feed(&std::mem::take(&mut self.awaiting));
         self.session = Some(session);

@@ -6,16 +6,23 @@
 
 pub mod clock;
 pub mod config;
+pub mod conn_limits;
+pub mod control;
 pub mod default_cert;
 pub mod ffi;
 pub mod fuzz_support;
 pub mod hostlist;
+pub mod logging;
+pub mod os;
 pub mod privileges;
 pub mod received;
+pub mod sd_notify;
 pub mod server;
 pub mod session_cache;
+pub mod signals;
 pub mod smtp;
 pub mod store;
+pub mod supervisor;
 pub mod ticket_key_file;
 pub mod tls;
 

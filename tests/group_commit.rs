@@ -40,17 +40,41 @@ fn messages_ending_in_one_turn_share_one_group_commit() {
     let mut clients: Vec<Plain> = (0..CLIENTS).map(|_| at_data(&server, "group")).collect();
     // With the server stopped, every message's end reaches its socket
     // before the server can see any of them: one turn of the loop.
-    server.signal("STOP");
+    server.signal_all("STOP");
     for (i, c) in clients.iter_mut().enumerate() {
         c.send(&format!("{}.\r\n", body(i, 0)));
     }
     thread::sleep(Duration::from_millis(300));
-    server.signal("CONT");
+    server.signal_all("CONT");
     let ids: Vec<String> = clients
         .iter_mut()
         .map(|c| queue_id(&c.expect("250 2.0.0 OK")))
         .collect();
-    server.wait_log(&format!("group commit of {CLIENTS} message(s)"));
+    // Each worker committed the messages it had in one group: one group
+    // commit line per worker that served any, adding up to all of them.
+    let groups = || -> Vec<(String, usize)> {
+        server
+            .log()
+            .lines()
+            .filter_map(|l| {
+                let (head, count) = l.split_once("group commit of ")?;
+                let pid = head
+                    .rsplit_once("] [")?
+                    .1
+                    .trim_end_matches("] ")
+                    .to_string();
+                Some((pid, count.split(' ').next()?.parse().ok()?))
+            })
+            .collect()
+    };
+    let start = std::time::Instant::now();
+    while groups().iter().map(|(_, n)| n).sum::<usize>() < CLIENTS {
+        assert!(start.elapsed() < common::WAIT, "{}", server.log());
+        thread::sleep(Duration::from_millis(20));
+    }
+    let groups = groups();
+    let pids: HashSet<&String> = groups.iter().map(|(pid, _)| pid).collect();
+    assert_eq!(pids.len(), groups.len(), "one group per worker: {groups:?}");
     for id in &ids {
         assert!(server.arrival_line(id).contains("<= a@client.test"));
     }
@@ -93,13 +117,11 @@ struct Call {
     result: String,
 }
 
-/// Parses `PID name(args) = result` lines of `strace -f -o`.
+/// Parses the `name(args) = result` lines of one process's trace
+/// (`strace -ff -o`).
 fn parse_trace(text: &str) -> Vec<Call> {
     text.lines()
         .filter_map(|line| {
-            let line = line
-                .split_once(' ')
-                .map_or(line, |(_, rest)| rest.trim_start());
             let open = line.find('(')?;
             // strace pads short calls: "syncfs(12)      = 0".
             let equals = line.rfind(" = ")?;
@@ -143,32 +165,45 @@ fn message_file(call: &Call) -> Option<String> {
     }
 }
 
-/// Runs `strace` attached to the server while `work` runs; returns the calls.
-fn traced(server: &Server, trace: &Path, work: impl FnOnce()) -> Vec<Call> {
+/// Runs `strace` attached to every worker of the server while `work`
+/// runs; returns each worker's calls, in its own order.
+fn traced(server: &Server, trace: &Path, work: impl FnOnce()) -> Vec<Vec<Call>> {
+    let workers = server.workers();
     let mut strace = Command::new("strace")
         // Strings long enough for whole paths, so that named tmp files are
         // told apart.
-        .args(["-f", "-s", "512", "-o"])
+        // One file per process (TRACE.PID): no call split across lines
+        // by another process's.
+        .args(["-ff", "-s", "512", "-o"])
         .arg(trace)
         .args([
             "-e",
             "trace=openat,close,write,sendto,link,linkat,syncfs,fsync,fdatasync",
-            "-p",
-            &server.child.id().to_string(),
         ])
+        .args(
+            workers
+                .iter()
+                .flat_map(|pid| ["-p".to_string(), pid.to_string()]),
+        )
         .stderr(Stdio::piped())
         .spawn()
         .expect("strace is needed: scripts/deps test installs it");
     let mut stderr = BufReader::new(strace.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    assert!(line.contains("attached"), "strace did not attach: {line}");
+    for _ in &workers {
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        assert!(line.contains("attached"), "strace did not attach: {line}");
+    }
     work();
     let _ = Command::new("kill")
         .args(["-INT", &strace.id().to_string()])
         .status();
     strace.wait().unwrap();
-    parse_trace(&std::fs::read_to_string(trace).unwrap())
+    workers
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("{}.{pid}", trace.display())).ok())
+        .map(|text| parse_trace(&text))
+        .collect()
 }
 
 #[test]
@@ -176,7 +211,7 @@ fn no_250_is_sent_before_its_message_is_synced() {
     const MESSAGES: usize = 3;
     let server = plain_server();
     let trace = scratch_dir("strace").join("trace");
-    let calls = traced(&server, &trace, || {
+    let traces = traced(&server, &trace, || {
         let workers: Vec<_> = (0..CLIENTS)
             .map(|i| {
                 let mut c = at_data(&server, "traced");
@@ -197,7 +232,22 @@ fn no_250_is_sent_before_its_message_is_synced() {
         }
     });
     assert_eq!(server.mailbox("traced").len(), CLIENTS * MESSAGES);
+    // Each worker on its own: the syncs that count are its own.
+    let (mut oks, mut links, mut syncs, mut served) = (0, 0, 0, 0);
+    for calls in &traces {
+        let (o, l, s) = check_worker(calls);
+        (oks, links, syncs) = (oks + o, links + l, syncs + s);
+        served += usize::from(o > 0);
+    }
+    assert_eq!(oks, CLIENTS * MESSAGES, "every 250 was seen in the trace");
+    assert_eq!(links, CLIENTS * MESSAGES);
+    eprintln!("{oks} messages, {syncs} syncfs calls, {served} worker(s) served");
+}
 
+/// Checks one process's calls: every message's data synced before its
+/// link into new/, every link synced before its 250, no per-message
+/// fsync. Returns (250s, links, syncfs calls).
+fn check_worker(calls: &[Call]) -> (usize, usize, usize) {
     let synced_between = |from: usize, to: usize| {
         calls[from..to]
             .iter()
@@ -267,7 +317,5 @@ fn no_250_is_sent_before_its_message_is_synced() {
             _ => {}
         }
     }
-    assert_eq!(oks, CLIENTS * MESSAGES, "every 250 was seen in the trace");
-    assert_eq!(links, CLIENTS * MESSAGES);
-    eprintln!("{oks} messages, {syncs} syncfs calls");
+    (oks, links, syncs)
 }

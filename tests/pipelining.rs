@@ -22,11 +22,11 @@ const EARLY: &str =
 
 /// Connects and writes `early` while the server is stopped.
 fn early_talker(server: &Server, addr: SocketAddr, early: &[u8]) -> TcpStream {
-    server.signal("STOP");
+    server.signal_all("STOP");
     let mut s = TcpStream::connect(addr).unwrap();
     s.write_all(early).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(50));
-    server.signal("CONT");
+    server.signal_all("CONT");
     s.set_read_timeout(Some(WAIT)).unwrap();
     s
 }
@@ -250,10 +250,10 @@ fn a_large_injection_after_starttls_is_drained_before_tls_starts() {
     c.command("EHLO client.test", "250");
     let mut injected = b"STARTTLS\r\n".to_vec();
     injected.extend(b"NOOP\r\n".repeat(6000));
-    server.signal("STOP");
+    server.signal_all("STOP");
     c.stream.write_all(&injected).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(50));
-    server.signal("CONT");
+    server.signal_all("CONT");
     c.expect("220 2.0.0");
     let name = ServerName::try_from("localhost").unwrap();
     let mut tls = ClientConnection::new(tls_client(), name).unwrap();

@@ -229,9 +229,9 @@ fn ticket_rotation_keeps_old_tickets_until_their_lifetime_ends() {
     let held: Vec<usize> = log
         .lines()
         .filter_map(|l| {
-            l.split("; ")
-                .nth(1)?
-                .strip_suffix(" key(s) held")?
+            l.strip_suffix(" ticket key(s) held")?
+                .rsplit(' ')
+                .next()?
                 .parse()
                 .ok()
         })

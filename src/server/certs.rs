@@ -60,7 +60,9 @@ pub struct Certs {
     /// Leaf certificate DER and the name it is logged as.
     names: Vec<CertName>,
     current: Rc<Credentials>,
-    watch: FileWatch,
+    /// Made in the process that serves (a worker), which owns its inotify
+    /// descriptor; without it the files are `stat`ed once a second.
+    watch: Option<FileWatch>,
     /// Unix second of the last `stat` pass.
     checked_at: i64,
 }
@@ -69,24 +71,13 @@ impl Certs {
     /// Loads every pair; a certificate or key that does not load stops the
     /// start. OCSP problems only cost the staple.
     pub fn load(pairs: Vec<CertPair>, now: i64) -> Result<Certs, String> {
-        // Watching starts before the files are looked at, so no change
-        // can fall between the two.
-        let watch = FileWatch::new(pairs.iter().flat_map(|p| {
-            [
-                Some(p.cert.as_path()),
-                Some(p.key.as_path()),
-                p.ocsp.as_deref(),
-            ]
-            .into_iter()
-            .flatten()
-        }));
         let mut certs = Certs {
             seen: Vec::new(),
             last_ocsp: vec![None; pairs.len()],
             names: Vec::new(),
             current: Rc::new(Credentials::new().map_err(|e| e.to_string())?),
             pairs,
-            watch,
+            watch: None,
             checked_at: now,
         };
         certs.seen = certs.file_ids();
@@ -96,11 +87,40 @@ impl Certs {
         Ok(certs)
     }
 
+    /// A copy for a forked worker: the same credentials, not yet watching.
+    pub fn for_worker(&self) -> Certs {
+        Certs {
+            pairs: self.pairs.clone(),
+            seen: self.seen.clone(),
+            last_ocsp: self.last_ocsp.clone(),
+            names: self.names.clone(),
+            current: Rc::clone(&self.current),
+            watch: None,
+            checked_at: self.checked_at,
+        }
+    }
+
+    /// Starts watching the files' directories; the next session then
+    /// `stat`s the files once, which catches changes made since they were
+    /// loaded (a worker started long after the supervisor loaded them).
+    pub fn watch_files(&mut self) {
+        self.watch = Some(FileWatch::new(self.pairs.iter().flat_map(|p| {
+            [
+                Some(p.cert.as_path()),
+                Some(p.key.as_path()),
+                p.ocsp.as_deref(),
+            ]
+            .into_iter()
+            .flatten()
+        })));
+        self.checked_at = i64::MIN;
+    }
+
     /// The credentials for a new session, rebuilt first if any file changed.
     pub fn current(&mut self, now: i64) -> &Rc<Credentials> {
         // Always ask inotify, so its queue is drained even when the clock
         // alone calls for a look.
-        let maybe_changed = self.watch.changed();
+        let maybe_changed = self.watch.as_mut().is_some_and(FileWatch::changed);
         if !maybe_changed && now == self.checked_at {
             return &self.current;
         }

@@ -16,7 +16,7 @@ use super::Shared;
 use super::delivery::{Pending, StoreSink, tls_field};
 use super::listener::Kind;
 use super::timers::{Deadline, TimerKey};
-use super::tls_context::{NewSession, resumption_words};
+use super::tls_context::resumption_words;
 use crate::smtp::{ConnInfo, Next, Phase, SinkError, Smtp, TlsInfo};
 use crate::tls::client_hello::{self, Hello, Parse};
 use crate::tls::{Handshake, Negotiated, ReadStatus, ServerSession, TlsError};
@@ -65,8 +65,12 @@ enum Tls {
     /// made only once it is here, so it can be handed the ticket master
     /// that issued the ticket the client offers.
     AwaitingHello(Vec<u8>),
-    Handshaking(Box<NewSession>, Option<Hello>),
-    Established(Box<NewSession>),
+    /// The ClientHello is here and names a TLS 1.2 session, which the
+    /// supervisor is asked for before the session is made; what else the
+    /// client sends meanwhile is kept.
+    AwaitingSession(Vec<u8>, Hello),
+    Handshaking(Box<ServerSession>, Option<Hello>),
+    Established(Box<ServerSession>),
 }
 
 pub struct Conn {
@@ -275,10 +279,10 @@ impl Conn {
             let _ = self.socket.shutdown(Shutdown::Write);
             return self.closing.take();
         }
-        if let Tls::Established(new) = &mut self.tls
+        if let Tls::Established(session) = &mut self.tls
             && self.pre_tls.is_empty()
         {
-            new.session.release_idle_buffers();
+            session.release_idle_buffers();
         }
         None
     }
@@ -324,7 +328,10 @@ impl Conn {
     }
 
     fn handshaking(&self) -> bool {
-        matches!(self.tls, Tls::AwaitingHello(_) | Tls::Handshaking(..))
+        matches!(
+            self.tls,
+            Tls::AwaitingHello(_) | Tls::AwaitingSession(..) | Tls::Handshaking(..)
+        )
     }
 
     fn ingest(&mut self, bytes: &[u8], shared: &mut Shared) -> Step {
@@ -334,19 +341,24 @@ impl Conn {
                 buffered.extend_from_slice(bytes);
                 self.start_handshake(shared)
             }
-            Tls::Handshaking(new, _) => {
-                new.session.feed(bytes);
+            Tls::AwaitingSession(buffered, _) => {
+                buffered.extend_from_slice(bytes);
+                Ok(())
+            }
+            Tls::Handshaking(session, _) => {
+                session.feed(bytes);
                 self.advance_handshake(shared)
             }
-            Tls::Established(new) => {
-                new.session.feed(bytes);
+            Tls::Established(session) => {
+                session.feed(bytes);
                 self.decrypt(shared)
             }
         }
     }
 
     /// Makes the session once the whole ClientHello is buffered (or it is
-    /// clear that it cannot be read, which GnuTLS then answers properly).
+    /// clear that it cannot be read, which GnuTLS then answers properly),
+    /// after asking the supervisor for the TLS 1.2 session it names.
     fn start_handshake(&mut self, shared: &mut Shared) -> Step {
         let Tls::AwaitingHello(buffered) = &mut self.tls else {
             return Ok(());
@@ -357,31 +369,74 @@ impl Conn {
             Parse::NotClientHello => None,
         };
         let buffered = mem::take(buffered);
-        let mut new = shared.tls.session(hello.as_ref()).map_err(Close::Tls)?;
-        new.session.feed(&buffered);
-        self.tls = Tls::Handshaking(Box::new(new), hello);
+        if let Some(hello) = hello {
+            if let Some(id) = shared.tls.lookup_for(&hello)
+                && shared.look_up_session(self.key, id)
+            {
+                self.tls = Tls::AwaitingSession(buffered, hello);
+                return Ok(());
+            }
+            return self.make_session(buffered, Some(hello), None, shared);
+        }
+        self.make_session(buffered, None, None, shared)
+    }
+
+    /// The supervisor answered the lookup (`data`: the cached session), or
+    /// the answer is not coming: the handshake begins.
+    pub fn on_session(&mut self, data: Option<Vec<u8>>, shared: &mut Shared) -> Option<Close> {
+        let Tls::AwaitingSession(..) = &self.tls else {
+            return None;
+        };
+        let Tls::AwaitingSession(buffered, hello) = mem::replace(&mut self.tls, Tls::Off) else {
+            return None;
+        };
+        let found = data.map(|d| (hello.session_id.clone(), d));
+        let step = self
+            .make_session(buffered, Some(hello), found, shared)
+            .and_then(|()| self.flush());
+        self.finish(step)
+    }
+
+    fn make_session(
+        &mut self,
+        buffered: Vec<u8>,
+        hello: Option<Hello>,
+        found: Option<(Vec<u8>, Vec<u8>)>,
+        shared: &mut Shared,
+    ) -> Step {
+        let mut session = shared
+            .tls
+            .session(hello.as_ref(), found)
+            .map_err(Close::Tls)?;
+        session.feed(&buffered);
+        self.tls = Tls::Handshaking(Box::new(session), hello);
         self.advance_handshake(shared)
     }
 
     fn advance_handshake(&mut self, shared: &mut Shared) -> Step {
-        let Tls::Handshaking(new, _) = &mut self.tls else {
+        let Tls::Handshaking(session, _) = &mut self.tls else {
             return Ok(());
         };
-        match new.session.handshake().map_err(Close::Tls)? {
+        let done = session.handshake().map_err(Close::Tls);
+        // A TLS 1.2 session cached by this handshake reaches the supervisor
+        // before our last flight reaches the client, so that the client
+        // finds it however soon it comes back, on whichever worker.
+        shared.send_cache_ops();
+        match done? {
             Handshake::InProgress => return Ok(()),
             Handshake::Done => {}
         }
-        let Tls::Handshaking(new, hello) = mem::replace(&mut self.tls, Tls::Off) else {
+        let Tls::Handshaking(session, hello) = mem::replace(&mut self.tls, Tls::Off) else {
             return Ok(());
         };
-        let negotiated = new.session.negotiated();
+        let negotiated = session.negotiated();
         let info = TlsInfo {
             version: negotiated.version.to_string(),
             cipher: negotiated.cipher.clone(),
             bits: negotiated.bits,
             resumed: negotiated.resumed,
         };
-        self.tls = Tls::Established(new);
+        self.tls = Tls::Established(session);
         self.smtp.tls_established(info.clone());
         let timeout = shared.timeouts.command;
         self.set_deadline(shared, timeout);
@@ -406,27 +461,26 @@ impl Conn {
         negotiated: &Negotiated,
         info: &TlsInfo,
     ) {
-        let Tls::Established(new) = &self.tls else {
+        let Tls::Established(session) = &self.tls else {
             return;
         };
-        shared.tls.learn(new);
         let resumption = resumption_words(shared.tls.resumption_supported(), hello, negotiated);
         log::info!(
             "TLS established with [{}]:{} X={} cert={} resumption={resumption}",
             self.peer.ip(),
             self.peer.port(),
             tls_field(info),
-            shared.tls.served(&new.session)
+            shared.tls.served(session)
         );
     }
 
     fn decrypt(&mut self, shared: &mut Shared) -> Step {
-        let Tls::Established(new) = &mut self.tls else {
+        let Tls::Established(session) = &mut self.tls else {
             return Ok(());
         };
         let mut plain = mem::take(&mut shared.plain);
         plain.clear();
-        let status = new.session.read(&mut plain);
+        let status = session.read(&mut plain);
         let step = match status {
             Ok(_) if !plain.is_empty() => self.feed_smtp(&plain, shared),
             _ => Ok(()),
@@ -514,9 +568,9 @@ impl Conn {
     /// Ends the conversation once the queued output (the last reply, and
     /// close_notify under TLS) has been written.
     fn begin_close(&mut self, reason: Close, shared: &mut Shared) {
-        if let Tls::Established(new) = &mut self.tls {
-            let _ = encrypt(&mut new.session, &mut self.smtp);
-            new.session.bye();
+        if let Tls::Established(session) = &mut self.tls {
+            let _ = encrypt(session, &mut self.smtp);
+            session.bye();
         }
         self.closing = Some(reason);
         let key = self.key;
@@ -525,8 +579,8 @@ impl Conn {
     }
 
     fn flush(&mut self) -> Step {
-        if let Tls::Established(new) = &mut self.tls {
-            encrypt(&mut new.session, &mut self.smtp).map_err(Close::Tls)?;
+        if let Tls::Established(session) = &mut self.tls {
+            encrypt(session, &mut self.smtp).map_err(Close::Tls)?;
         }
         self.write_out()
     }
@@ -542,10 +596,10 @@ impl Conn {
                 let n = write_slice(&mut self.socket, self.smtp.output())?;
                 self.smtp.consume_output(n);
             }
-            Tls::AwaitingHello(_) => {}
-            Tls::Handshaking(new, _) | Tls::Established(new) => {
-                let n = write_slice(&mut self.socket, new.session.pending_output())?;
-                new.session.consume_output(n);
+            Tls::AwaitingHello(_) | Tls::AwaitingSession(..) => {}
+            Tls::Handshaking(session, _) | Tls::Established(session) => {
+                let n = write_slice(&mut self.socket, session.pending_output())?;
+                session.consume_output(n);
             }
         }
         Ok(())
@@ -553,8 +607,10 @@ impl Conn {
 
     fn output_len(&self) -> usize {
         let tls = match &self.tls {
-            Tls::Off | Tls::AwaitingHello(_) => 0,
-            Tls::Handshaking(new, _) | Tls::Established(new) => new.session.pending_output().len(),
+            Tls::Off | Tls::AwaitingHello(_) | Tls::AwaitingSession(..) => 0,
+            Tls::Handshaking(session, _) | Tls::Established(session) => {
+                session.pending_output().len()
+            }
         };
         self.pre_tls.len() + self.smtp.output().len() + tls
     }

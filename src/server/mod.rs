@@ -1,40 +1,45 @@
-//! The event loop: one thread, one `mio::Poll`, listeners and a
-//! token-indexed connection table, deadlines in a heap, signals through
-//! signal-hook's mio source.
+//! A worker's event loop: one thread, one `mio::Poll`, the listeners of its
+//! slot and a token-indexed connection table, deadlines in a heap, signals
+//! through a signalfd, and the control channel to the supervisor, which
+//! fills the ticket key ring and keeps the TLS 1.2 session cache.
 
 mod certs;
 mod conn;
 mod delivery;
 mod listener;
+mod lookups;
 mod table;
 mod timers;
 mod tls_context;
 
-use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use mio::net::TcpStream;
+use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use signal_hook_mio::v1_0::Signals;
+use nix::sys::signal::Signal;
 
 use crate::config::{Config, Timeouts};
-use crate::default_cert;
+use crate::conn_limits::ConnCounts;
+use crate::control::{Channel, ToSupervisor, ToWorker};
 use crate::hostlist::HostList;
-use crate::privileges;
+use crate::signals::Signals;
 use crate::smtp::SmtpConfig;
-use crate::store::{self, Store};
+use crate::store::Store;
+use crate::tls::session_db::CacheOp;
 use conn::{Close, Conn};
-use listener::{Kind, Listener};
+pub use listener::{Kind, Listener, bind_sets};
+use lookups::Lookups;
 use table::Table;
 use timers::{TimerKey, Timers};
-use tls_context::TlsContext;
+pub use tls_context::TlsContext;
 
 const SIGNALS: Token = Token(0);
-const FIRST_LISTENER: usize = 1;
+const CONTROL: Token = Token(1);
+const FIRST_LISTENER: usize = 2;
 /// Connection tokens start here; listener tokens lie below.
 const FIRST_CONN: usize = 1 << 16;
 /// After EMFILE/ENFILE, how long to leave pending connections in the
@@ -45,6 +50,17 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
 const COMMIT_WAIT_MAX: Duration = Duration::from_millis(1);
 /// A group this large is committed without waiting for more.
 const COMMIT_GROUP_MAX: usize = 256;
+
+/// What a worker starts with, handed over by the supervisor after fork.
+pub struct WorkerStart {
+    pub config: Config,
+    /// Which worker this is (its share of the connection counts).
+    pub slot: usize,
+    pub listeners: Vec<Listener>,
+    pub channel: Channel,
+    pub tls: TlsContext,
+    pub counts: Rc<ConnCounts>,
+}
 
 /// What every connection handler may use besides its own state.
 pub struct Shared {
@@ -63,85 +79,103 @@ pub struct Shared {
     pub plain: Vec<u8>,
     /// Complete messages awaiting their group commit (see `commit_due`).
     pub commits: Vec<delivery::Queued>,
+    /// To the supervisor; None once it is gone.
+    pub control: Option<Channel>,
+    /// Session-cache lookups waiting for the supervisor's answer.
+    pub lookups: Lookups,
+}
+
+impl Shared {
+    /// Asks the supervisor for the cached TLS 1.2 session `id`; the answer
+    /// comes back to connection `conn` (`Conn::on_session`). False when
+    /// there is no one to ask.
+    pub fn look_up_session(&mut self, conn: TimerKey, id: Vec<u8>) -> bool {
+        let Some(control) = self.control.as_mut() else {
+            return false;
+        };
+        let request = self.lookups.begin(conn, self.now);
+        let sent = control.send(ToSupervisor::Lookup { request, id }.encode());
+        if sent.is_err() {
+            self.lookups.answered(request);
+        }
+        sent.is_ok()
+    }
+
+    /// Passes the session-cache changes of the handshakes just done on to
+    /// the supervisor. Called before their last flight goes out, so that a
+    /// client resuming at once, on any worker, finds its session.
+    pub fn send_cache_ops(&mut self) {
+        let ops = self.tls.take_cache_ops();
+        let Some(control) = self.control.as_mut() else {
+            return;
+        };
+        for op in ops {
+            let msg = match op {
+                CacheOp::Store { id, data } => ToSupervisor::Store {
+                    id,
+                    data: crate::control::Secret(data),
+                },
+                CacheOp::Remove { id } => ToSupervisor::Remove { id },
+            };
+            if control.send(msg.encode()).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 pub struct Server {
     poll: Poll,
-    listeners: Vec<Listener>,
+    /// Registered once the supervisor says the worker may serve.
+    listeners: Vec<(TcpListener, Kind)>,
+    serving: bool,
     signals: Signals,
     conns: Table<Conn>,
     shared: Shared,
     max_connections: usize,
     max_per_ip: usize,
-    /// Open connections per client address, for --max-per-ip.
-    per_ip: HashMap<IpAddr, usize>,
+    counts: Rc<ConnCounts>,
+    slot: usize,
     next_serial: u64,
     accept_paused_until: Option<Instant>,
     /// When the oldest message in `shared.commits` was queued.
     commits_since: Option<Instant>,
     shutdown_deadline: Option<Instant>,
-    /// Ticket key rotation and session cache purging.
-    housekeeping_at: Instant,
 }
 
 impl Server {
-    /// Binds every listener and loads everything a connection needs, so
-    /// that a configuration error stops the start, not the first client.
-    pub fn bind(config: &Config) -> Result<Server, String> {
-        default_cert::create_private_dir(&config.state_dir).map_err(|e| {
-            format!(
-                "creating state directory {}: {e}",
-                config.state_dir.display()
-            )
-        })?;
-        let mut tls = TlsContext::load(config)?;
+    /// Sets up the worker's loop. Listening starts once the supervisor's
+    /// `Start` arrives, after the ticket key ring it sends first.
+    pub fn new(start: WorkerStart) -> Result<Server, String> {
+        let WorkerStart {
+            config,
+            slot,
+            listeners,
+            channel,
+            mut tls,
+            counts,
+        } = start;
         let poll = Poll::new().map_err(|e| format!("creating the poller: {e}"))?;
-        let mut listeners = Vec::new();
-        let wanted = config
-            .listen
-            .iter()
-            .map(|a| (*a, Kind::Starttls))
-            .chain(config.listen_tls.iter().map(|a| (*a, Kind::Implicit)));
-        for (addr, kind) in wanted {
-            let mut l =
-                listener::bind(addr, kind).map_err(|e| format!("listening on {addr}: {e}"))?;
-            let token = Token(FIRST_LISTENER + listeners.len());
-            poll.registry()
-                .register(&mut l.socket, token, Interest::READABLE)
-                .map_err(|e| format!("registering {addr}: {e}"))?;
-            listeners.push(l);
-        }
-        let mut signals =
-            Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("signal handlers: {e}"))?;
-        poll.registry()
-            .register(&mut signals, SIGNALS, Interest::READABLE)
+        let signals = Signals::new(&[Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP])
+            .map_err(|e| format!("signals: {e}"))?;
+        let registry = poll.registry();
+        registry
+            .register(
+                &mut SourceFd(&signals.raw_fd()),
+                SIGNALS,
+                Interest::READABLE,
+            )
             .map_err(|e| format!("registering signals: {e}"))?;
-        // Root was needed for the ports and the keys; the rest runs as
-        // --user, which must own what it writes from here on.
-        match &config.user {
-            Some(account) => {
-                privileges::give(&config.state_dir, account)?;
-                for file in default_cert::files(&config.state_dir) {
-                    if file.exists() {
-                        privileges::give(&file, account)?;
-                    }
-                }
-                privileges::drop_to(account)?;
-            }
-            None if privileges::running_as_root() => {
-                privileges::check_store_safe_for_root(&config.maildir)?
-            }
-            None => {}
-        }
-        store::check_kernel();
+        registry
+            .register(
+                &mut SourceFd(&channel.raw_fd()),
+                CONTROL,
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|e| format!("registering the control channel: {e}"))?;
         let store = Store::open(&config.maildir, &config.hostname)
             .map_err(|e| format!("mail store {}: {e}", config.maildir.display()))?;
-        match store::clean_stale_tmp(&config.maildir, store::STALE_TMP_AGE) {
-            Ok(0) => {}
-            Ok(n) => log::info!("removed {n} stale files from the mail store's tmp/ directories"),
-            Err(e) => log::warn!("cleaning stale tmp/ files: {e}"),
-        }
-        tls.open_cache(config);
+        tls.watch_files();
         let smtp_config = SmtpConfig {
             hostname: config.hostname.clone(),
             domains: config.domains.clone(),
@@ -150,7 +184,11 @@ impl Server {
         };
         Ok(Server {
             poll,
-            listeners,
+            listeners: listeners
+                .into_iter()
+                .map(|l| (TcpListener::from_std(l.socket), l.kind))
+                .collect(),
+            serving: false,
             signals,
             conns: Table::new(),
             shared: Shared {
@@ -165,27 +203,22 @@ impl Server {
                 read_buf: vec![0; 16 * 1024],
                 plain: Vec::with_capacity(32 * 1024),
                 commits: Vec::new(),
+                control: Some(channel),
+                lookups: Lookups::default(),
             },
             max_connections: config.max_connections,
             max_per_ip: config.max_per_ip,
-            per_ip: HashMap::new(),
+            counts,
+            slot,
             next_serial: 0,
             accept_paused_until: None,
             commits_since: None,
             shutdown_deadline: None,
-            housekeeping_at: Instant::now(),
         })
     }
 
-    pub fn local_addrs(&self) -> Vec<(SocketAddr, bool)> {
-        self.listeners
-            .iter()
-            .map(|l| (l.addr, l.kind == Kind::Implicit))
-            .collect()
-    }
-
-    /// Runs until SIGTERM/SIGINT and the end of the transactions then in
-    /// progress (or the shutdown timeout).
+    /// Runs until SIGTERM/SIGINT (or the supervisor's end) and the end of
+    /// the transactions then in progress (or the shutdown timeout).
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
@@ -206,6 +239,7 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => self.on_signal(),
+                    CONTROL => self.on_control(),
                     Token(t) if t >= FIRST_CONN => self.on_conn_event(t - FIRST_CONN, event),
                     Token(t) => self.accept(t - FIRST_LISTENER),
                 }
@@ -221,9 +255,9 @@ impl Server {
     fn poll_timeout(&self) -> Option<Duration> {
         let next = [
             self.shared.timers.next_due(),
+            self.shared.lookups.next_due(),
             self.accept_paused_until,
             self.shutdown_deadline,
-            self.shared.tls.cache_commit_at(),
         ]
         .into_iter()
         .flatten()
@@ -231,17 +265,120 @@ impl Server {
         Some(next.saturating_duration_since(Instant::now()))
     }
 
-    fn accept(&mut self, index: usize) {
-        if self.accept_paused_until.is_some() || self.shared.shutting_down {
+    /// Messages from the supervisor, and room to send it more.
+    fn on_control(&mut self) {
+        loop {
+            let Some(control) = self.shared.control.as_mut() else {
+                return;
+            };
+            if control.flush().is_err() {
+                return self.supervisor_gone();
+            }
+            match control.recv(ToWorker::decode) {
+                Ok(None) => return,
+                Ok(Some(Ok(msg))) => self.on_message(msg),
+                Ok(Some(Err(e))) => log::error!("from the supervisor: {e}"),
+                Err(_) => return self.supervisor_gone(),
+            }
+        }
+    }
+
+    fn on_message(&mut self, msg: ToWorker) {
+        match msg {
+            ToWorker::Key {
+                id,
+                created,
+                retired,
+                key,
+            } => {
+                if let Some(ring) = self.shared.tls.ring() {
+                    ring.insert(id, key, created, retired);
+                    log::debug!("ticket key {} received", ring.fingerprint(id));
+                }
+            }
+            ToWorker::Retire { id, at } => {
+                if let Some(ring) = self.shared.tls.ring() {
+                    ring.retire(id, at);
+                }
+            }
+            ToWorker::Drop { id } => {
+                if let Some(ring) = self.shared.tls.ring() {
+                    ring.remove(id);
+                }
+            }
+            ToWorker::Start => self.start_serving(),
+            ToWorker::Session { request, data } => {
+                if let Some(key) = self.shared.lookups.answered(request) {
+                    let data = data.map(|mut secret| std::mem::take(&mut secret.0));
+                    self.on_session(key, data);
+                }
+            }
+        }
+    }
+
+    /// The supervisor has sent the whole starting state: listen.
+    fn start_serving(&mut self) {
+        if self.serving || self.shared.shutting_down {
             return;
         }
-        let Some(listener) = self.listeners.get(index) else {
+        for (i, (l, _)) in self.listeners.iter_mut().enumerate() {
+            if let Err(e) =
+                self.poll
+                    .registry()
+                    .register(l, Token(FIRST_LISTENER + i), Interest::READABLE)
+            {
+                log::error!("registering a listener: {e}");
+            }
+        }
+        self.serving = true;
+        if let Some(control) = self.shared.control.as_mut() {
+            let _ = control.send(ToSupervisor::Ready.encode());
+        }
+        // Edge-triggered: connections that queued before we listened raise
+        // no event of their own.
+        for i in 0..self.listeners.len() {
+            self.accept(i);
+        }
+    }
+
+    /// The channel closed: the supervisor died (or closed it), so this
+    /// worker stops as on SIGTERM rather than serve on unsupervised.
+    fn supervisor_gone(&mut self) {
+        if self.shared.control.take().is_none() {
+            return;
+        }
+        log::error!("the supervisor is gone: stopping");
+        for key in self.shared.lookups.abandon() {
+            self.on_session(key, None);
+        }
+        self.begin_shutdown("supervisor gone");
+    }
+
+    /// A lookup was answered (or given up): the connection's handshake
+    /// goes on.
+    fn on_session(&mut self, key: TimerKey, data: Option<Vec<u8>>) {
+        let Some(conn) = self.conns.get_mut(key.slot) else {
             return;
         };
-        let kind = listener.kind;
+        if conn.key() != key {
+            return;
+        }
+        if let Some(close) = conn.on_session(data, &mut self.shared) {
+            self.remove(key.slot, close);
+        }
+    }
+
+    fn accept(&mut self, index: usize) {
+        if self.accept_paused_until.is_some() || self.shared.shutting_down || !self.serving {
+            return;
+        }
+        let Some((_, kind)) = self.listeners.get(index) else {
+            return;
+        };
+        let kind = *kind;
         loop {
             let accepted = match self.listeners.get(index) {
-                Some(l) => l.socket.accept(),
+                Some((l, _)) => l.accept(),
                 None => return,
             };
             match accepted {
@@ -265,10 +402,10 @@ impl Server {
     }
 
     fn admit(&mut self, mut socket: TcpStream, peer: SocketAddr, kind: Kind) {
-        let from_peer = self.per_ip.get(&peer.ip()).copied().unwrap_or(0);
-        let refusal = if self.conns.len() >= self.max_connections {
+        let total = self.counts.total() as usize;
+        let refusal = if total >= self.max_connections {
             Some(("4.3.2", "Too many connections", self.max_connections))
-        } else if from_peer >= self.max_per_ip {
+        } else if self.counts.from_ip(peer.ip()) as usize >= self.max_per_ip {
             Some((
                 "4.7.0",
                 "Too many connections from your address",
@@ -321,9 +458,9 @@ impl Server {
             "SMTP connection from [{}]:{}{tls} (TCP/IP connection count = {})",
             peer.ip(),
             peer.port(),
-            self.conns.len() + 1
+            total + 1
         );
-        *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
+        self.counts.add(self.slot, peer.ip());
         let slot = self.conns.insert(conn);
         if let Some(close) = self
             .conns
@@ -403,11 +540,9 @@ impl Server {
                 (&mut c.deadline, key)
             }));
         }
-        self.shared.tls.commit_cache(now);
-        if self.housekeeping_at <= now {
-            let due = self.shared.tls.housekeeping();
-            let wait = due.saturating_sub(crate::clock::unix_secs()).max(1);
-            self.housekeeping_at = now + Duration::from_secs(wait);
+        for key in self.shared.lookups.expired(now) {
+            log::warn!("the supervisor did not answer a session-cache lookup in time");
+            self.on_session(key, None);
         }
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.accept_paused_until = None;
@@ -425,12 +560,7 @@ impl Server {
         let Some(conn) = self.conns.remove(slot) else {
             return;
         };
-        if let Some(n) = self.per_ip.get_mut(&conn.peer.ip()) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_ip.remove(&conn.peer.ip());
-            }
-        }
+        self.counts.remove(self.slot, conn.peer.ip());
         let during = if conn.in_transaction() {
             " during a transaction"
         } else {
@@ -444,29 +574,34 @@ impl Server {
     }
 
     fn on_signal(&mut self) {
-        let received: Vec<i32> = self.signals.pending().collect();
-        if received.contains(&SIGHUP) {
+        let received = self.signals.pending();
+        if received.contains(&Signal::SIGHUP) {
             log::info!("SIGHUP received: reloading certificates, keys and OCSP responses");
             self.shared.tls.reload();
         }
-        let Some(stop) = received.iter().find(|&&s| s != SIGHUP) else {
-            return;
-        };
+        if let Some(stop) = received.iter().find(|&&s| s != Signal::SIGHUP) {
+            self.begin_shutdown(&format!("{stop} received"));
+        }
+    }
+
+    /// Stops accepting; connections between transactions end now, those
+    /// in one may finish it (up to the shutdown timeout).
+    fn begin_shutdown(&mut self, why: &str) {
         if self.shared.shutting_down {
             return;
         }
         log::info!(
-            "signal {stop} received: no new connections; waiting up to {} s for {} connection(s)",
+            "{why}: no new connections; waiting up to {} s for {} connection(s)",
             self.shared.timeouts.shutdown.as_secs(),
             self.conns.len()
         );
         self.shared.shutting_down = true;
         self.shutdown_deadline = Some(self.shared.now + self.shared.timeouts.shutdown);
-        for l in &mut self.listeners {
-            let _ = self.poll.registry().deregister(&mut l.socket);
+        for (l, _) in &mut self.listeners {
+            let _ = self.poll.registry().deregister(l);
         }
-        // Dropping the listeners closes them: new clients are refused by
-        // the kernel rather than left waiting in a backlog nobody reads.
+        // Dropping the listeners closes this worker's descriptors of them;
+        // the supervisor, stopping too, closes its own.
         self.listeners.clear();
         for slot in self.conns.slots() {
             if let Some(close) = self
@@ -502,6 +637,15 @@ impl Server {
             return true;
         }
         false
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Nothing is left waiting in the outbox at exit if it can help it.
+        if let Some(control) = self.shared.control.as_mut() {
+            let _ = control.flush();
+        }
     }
 }
 

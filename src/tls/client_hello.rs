@@ -37,8 +37,10 @@ pub struct Hello {
     pub offers_ticket: bool,
     /// The offered ticket is a TLS 1.2 one: a non-empty `session_ticket` extension.
     pub offers_tls12_ticket: bool,
-    /// Length of the legacy session_id (0..=32).
-    pub session_id_len: u8,
+    /// The legacy session_id (0 to 32 bytes): a TLS 1.2 client that wants
+    /// to resume by session ID names its session here; TLS 1.3 clients
+    /// send random bytes for middlebox compatibility.
+    pub session_id: Vec<u8>,
     /// supported_versions (43) lists TLS 1.3 (0x0304).
     pub offers_tls13: bool,
     /// early_data extension (42) present (the server never accepts 0-RTT, but logs it).
@@ -304,7 +306,7 @@ fn parse_body(body: &[u8]) -> Option<Hello> {
         return None;
     }
     let mut hello = Hello {
-        session_id_len: u8::try_from(session_id.len()).ok()?,
+        session_id: session_id.to_vec(),
         ..Hello::default()
     };
     // A hello may end right after compression_methods (no extensions block at all).
@@ -675,7 +677,7 @@ mod tests {
                 requests_ticket: true,
                 offers_ticket: true,
                 offers_tls12_ticket: true,
-                session_id_len: 0,
+                session_id: vec![],
                 offers_tls13: false,
                 early_data: false,
             }
@@ -693,7 +695,7 @@ mod tests {
             hello,
             Hello {
                 requests_ticket: true,
-                session_id_len: 32,
+                session_id: vec![7; 32],
                 ..Hello::default()
             }
         );
@@ -726,7 +728,7 @@ mod tests {
                 requests_ticket: true,
                 offers_ticket: true,
                 offers_tls12_ticket: false,
-                session_id_len: 32,
+                session_id: vec![0x11; 32],
                 offers_tls13: true,
                 early_data: false,
             }
@@ -802,7 +804,7 @@ mod tests {
         assert_eq!(
             complete(&buf),
             Hello {
-                session_id_len: 8,
+                session_id: vec![1; 8],
                 ..Hello::default()
             }
         );
@@ -1358,7 +1360,7 @@ mod tests {
                 requests_ticket: true,
                 offers_ticket: false,
                 offers_tls12_ticket: false,
-                session_id_len: 32,
+                session_id: hello.session_id.clone(),
                 offers_tls13: true,
                 early_data: false,
             }
@@ -1376,7 +1378,7 @@ mod tests {
                 requests_ticket: true,
                 offers_ticket: true,
                 offers_tls12_ticket: false,
-                session_id_len: 32,
+                session_id: hello.session_id.clone(),
                 offers_tls13: true,
                 early_data: false,
             }
@@ -1405,7 +1407,7 @@ mod tests {
                 requests_ticket: true,
                 offers_ticket: true,
                 offers_tls12_ticket: true,
-                session_id_len: 32,
+                session_id: hello.session_id.clone(),
                 offers_tls13: false,
                 early_data: false,
             }
@@ -1423,7 +1425,7 @@ mod tests {
                 requests_ticket: true,
                 offers_ticket: false,
                 offers_tls12_ticket: false,
-                session_id_len: 32,
+                session_id: hello.session_id.clone(),
                 offers_tls13: true,
                 early_data: false,
             }
@@ -1440,7 +1442,7 @@ mod tests {
                 requests_ticket: true,
                 offers_ticket: true,
                 offers_tls12_ticket: false,
-                session_id_len: 32,
+                session_id: hello.session_id.clone(),
                 offers_tls13: true,
                 early_data: false,
             }
@@ -1532,7 +1534,7 @@ mod tests {
             match parse(&buf) {
                 Parse::Complete(hello) => {
                     complete_n += 1;
-                    assert!(usize::from(hello.session_id_len) <= MAX_SESSION_ID_LEN);
+                    assert!(hello.session_id.len() <= MAX_SESSION_ID_LEN);
                     assert!(hello.ticket_key_name.is_none() || hello.offers_ticket);
                     // Trailing bytes never change a complete answer.
                     let mut more = buf.clone();

@@ -10,7 +10,7 @@ pub mod ocsp;
 pub mod pair;
 mod priority;
 mod session;
-mod session_db;
+pub mod session_db;
 pub mod ticket_keys;
 pub mod x509;
 

@@ -54,7 +54,9 @@ mod tests {
     use super::*;
     use crate::session_cache::{CacheConfig, SessionCache};
     use crate::test_support::TempDir;
-    use crate::tls::ticket_keys::MasterKey;
+    use crate::tls::client_hello::{self, Parse};
+    use crate::tls::session_db::{CacheOp, SessionDb};
+    use crate::tls::ticket_keys::{self, MasterKey};
     use crate::tls::{ClientSession, Credentials, Priority, ServerSession, SessionSetup, x509};
 
     struct Side {
@@ -88,27 +90,80 @@ mod tests {
     }
 
     /// Connects twice with `priority`; returns (first resumed, second resumed).
+    /// The session cache is consulted as a worker does: the session ID the
+    /// client offers is looked up before the server session is made, and
+    /// what the session stores is applied to the cache afterwards.
     fn twice(s: &Side, priority: &str, tickets: bool) -> (bool, bool) {
         let prio = Rc::new(Priority::new(priority).unwrap());
+        let ops = Rc::new(RefCell::new(Vec::new()));
+        let now = crate::clock::unix_secs();
         let mut resume = None;
         let mut resumed = Vec::new();
         for _ in 0..2 {
+            let mut client =
+                ClientSession::new(&s.client_creds, &prio, "localhost", resume.as_deref()).unwrap();
+            client.handshake().unwrap();
+            let Parse::Complete(hello) = client_hello::parse(client.pending_output()) else {
+                panic!("no ClientHello");
+            };
+            let found = s
+                .cache
+                .borrow_mut()
+                .retrieve(&hello.session_id, now)
+                .map(|data| (hello.session_id.clone(), data));
             let setup = SessionSetup {
                 credentials: &s.server_creds,
                 priority: &prio,
                 ticket_key: tickets.then_some(&s.key),
                 no_new_tickets: false,
-                cache: Some(&s.cache),
+                cache: Some(SessionDb {
+                    found,
+                    ops: Rc::clone(&ops),
+                }),
                 lifetime: 600,
             };
-            let mut server = ServerSession::new(&setup).unwrap();
-            let mut client =
-                ClientSession::new(&s.client_creds, &prio, "localhost", resume.as_deref()).unwrap();
+            let mut server = ServerSession::new(setup).unwrap();
             handshake(&mut client, &mut server).unwrap();
+            for op in ops.borrow_mut().drain(..) {
+                match op {
+                    CacheOp::Store { id, data } => s.cache.borrow_mut().store(&id, &data, now),
+                    CacheOp::Remove { id } => s.cache.borrow_mut().remove(&id, now),
+                };
+            }
             resumed.push(server.negotiated().resumed);
             resume = Some(client.session_data().unwrap());
         }
         (resumed[0], resumed[1])
+    }
+
+    /// The ring finds a ticket's master by the name GnuTLS puts on it,
+    /// computed the way GnuTLS derives it (lib/stek.c): this pins that
+    /// derivation against the GnuTLS linked at run time.
+    #[test]
+    fn computed_key_names_are_the_names_on_real_tickets() {
+        let s = side();
+        for priority in [
+            "NORMAL:-VERS-ALL:+VERS-TLS1.3",
+            "NORMAL:-VERS-ALL:+VERS-TLS1.2",
+        ] {
+            let prio = Rc::new(Priority::new(priority).unwrap());
+            let setup = SessionSetup {
+                credentials: &s.server_creds,
+                priority: &prio,
+                ticket_key: Some(&s.key),
+                no_new_tickets: false,
+                cache: None,
+                lifetime: 600,
+            };
+            let mut server = ServerSession::new(setup).unwrap();
+            let mut client = ClientSession::new(&s.client_creds, &prio, "localhost", None).unwrap();
+            handshake(&mut client, &mut server).unwrap();
+            let now = crate::clock::unix_secs();
+            let expected = s.key.key_name(ticket_keys::period(now, 600));
+            let sent = server.tickets_sent();
+            assert!(!sent.is_empty(), "{priority}: no ticket");
+            assert!(sent.iter().all(|n| *n == expected), "{priority}");
+        }
     }
 
     #[test]
@@ -172,7 +227,7 @@ mod tests {
             cache: None,
             lifetime: 600,
         };
-        let mut server = ServerSession::new(&setup).unwrap();
+        let mut server = ServerSession::new(setup).unwrap();
         let mut client = ClientSession::new(&s.client_creds, &prio, "localhost", None).unwrap();
         handshake(&mut client, &mut server).unwrap();
         client.write(b"EHLO x\r\n").unwrap();

@@ -34,6 +34,22 @@ impl Priority {
     pub(super) fn raw(&self) -> ffi::gnutls_priority_t {
         self.raw
     }
+
+    /// Whether TLS 1.3 is among the versions these priorities enable: if
+    /// so, a client that offers it gets it, and never resumes by session
+    /// ID (TLS 1.3 resumes through tickets alone).
+    pub fn allows_tls13(&self) -> bool {
+        let mut list: *const std::os::raw::c_uint = ptr::null();
+        // SAFETY: raw is live; GnuTLS points list at an array inside the
+        // priority cache and returns its length.
+        let n = unsafe { ffi::gnutls_priority_protocol_list(self.raw, &mut list) };
+        if n <= 0 || list.is_null() {
+            return false;
+        }
+        // SAFETY: list holds n entries and lives as long as self.
+        let versions = unsafe { std::slice::from_raw_parts(list, n as usize) };
+        versions.contains(&ffi::GNUTLS_TLS1_3)
+    }
 }
 
 impl Drop for Priority {
@@ -41,5 +57,21 @@ impl Drop for Priority {
         // SAFETY: raw came from gnutls_priority_init2; sessions that used it
         // hold an Rc to self, so none is alive now.
         unsafe { ffi::gnutls_priority_deinit(self.raw) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tells_whether_tls13_is_enabled() {
+        crate::tls::init().unwrap();
+        assert!(
+            Priority::new(crate::config::DEFAULT_PRIORITY)
+                .unwrap()
+                .allows_tls13()
+        );
+        assert!(!Priority::new("NORMAL:-VERS-TLS1.3").unwrap().allows_tls13());
     }
 }

@@ -3,7 +3,6 @@
 //! send out, so the loop decides every read and write and GnuTLS never sees
 //! a file descriptor.
 
-use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 use std::os::raw::{c_int, c_uint, c_void};
 use std::ptr;
@@ -11,10 +10,10 @@ use std::rc::Rc;
 
 use super::client_hello::KEY_NAME_LEN;
 use super::credentials::Credentials;
+use super::session_db::{self, SessionDb};
 use super::ticket_keys::{KeyName, MasterKey};
-use super::{Priority, TlsError, session_db, static_str};
+use super::{Priority, TlsError, static_str};
 use crate::ffi;
-use crate::session_cache::SessionCache;
 
 /// Bytes in flight between the socket and GnuTLS, and what the handshake
 /// hook observed. Boxed so that the pointer GnuTLS holds stays valid
@@ -70,7 +69,7 @@ pub struct SessionSetup<'a> {
     /// the client's ticket but must not issue more).
     pub no_new_tickets: bool,
     /// The TLS 1.2 session-ID cache.
-    pub cache: Option<&'a Rc<RefCell<SessionCache>>>,
+    pub cache: Option<SessionDb>,
     /// Seconds a ticket or cached session may be resumed.
     pub lifetime: u32,
 }
@@ -90,7 +89,8 @@ pub struct ServerSession {
     // uses these.
     _credentials: Rc<Credentials>,
     _priority: Rc<Priority>,
-    _cache: Option<Rc<RefCell<SessionCache>>>,
+    /// Boxed: GnuTLS's callbacks hold its address.
+    _db: Option<Box<SessionDb>>,
 }
 
 impl Deref for ServerSession {
@@ -114,7 +114,7 @@ const RECORD_MAX: usize = 16 * 1024;
 const MAX_RETRIES: usize = 16;
 
 impl ServerSession {
-    pub fn new(setup: &SessionSetup<'_>) -> Result<ServerSession, TlsError> {
+    pub fn new(setup: SessionSetup<'_>) -> Result<ServerSession, TlsError> {
         // No GNUTLS_ENABLE_EARLY_DATA: 0-RTT data is never accepted.
         let mut flags = ffi::GNUTLS_SERVER;
         if setup.ticket_key.is_none() {
@@ -127,13 +127,17 @@ impl ServerSession {
             ep: Endpoint::new(flags, setup.credentials, setup.priority)?,
             _credentials: Rc::clone(setup.credentials),
             _priority: Rc::clone(setup.priority),
-            _cache: setup.cache.cloned(),
+            _db: None,
         };
         // SAFETY: the session is live; clients are not asked for certificates.
         unsafe {
             ffi::gnutls_certificate_server_set_request(session.ep.raw, ffi::GNUTLS_CERT_IGNORE)
         };
-        session.configure_resumption(setup)?;
+        session.configure_resumption(&setup)?;
+        if let Some(db) = setup.cache {
+            let db = session._db.insert(Box::new(db));
+            session_db::attach(session.ep.raw, db);
+        }
         Ok(session)
     }
 
@@ -155,9 +159,6 @@ impl ServerSession {
             // SAFETY: datum points at the 64-byte master, which GnuTLS copies.
             let rc = unsafe { ffi::gnutls_session_ticket_enable_server(self.ep.raw, &datum) };
             TlsError::check(rc, "gnutls_session_ticket_enable_server")?;
-        }
-        if let Some(cache) = &self._cache {
-            session_db::attach(self.ep.raw, cache);
         }
         Ok(())
     }

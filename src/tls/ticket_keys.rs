@@ -1,14 +1,16 @@
-//! Session-ticket master keys, held only in memory.
+//! Session-ticket master keys, held only in memory, and the ring of them
+//! that a worker hands its sessions.
 //!
 //! GnuTLS takes one 64-byte master per session and derives the key that
-//! actually encrypts tickets from it and the time. Replacing the master
-//! would strand every ticket it issued, so the ring keeps retired masters,
-//! for decryption only, until every ticket they issued has expired; a
-//! session is handed the master whose tickets its client presents, found
-//! by the ticket's key name (its first 16 bytes), which the ring learns
-//! from the tickets this server sends. A stolen master therefore exposes at
-//! most one rotation period of tickets, and rotation never costs a
-//! returning client its resumption.
+//! encrypts tickets from it and the time: SHA3-512 over the big-endian
+//! period number `floor(now / (3 × lifetime))` and the master (its
+//! `lib/stek.c`); the first 16 bytes of that are the key name each ticket
+//! begins with. A fresh session accepts its own period's key and the one
+//! before. So the name on a ticket a client offers tells which master
+//! issued it — any process that holds the master can compute it, whichever
+//! worker or host issued the ticket — and the ring hands the session that
+//! master, so a retired master still decrypts its tickets until they
+//! expire.
 //!
 //! Times are Unix seconds passed in by the caller, so tests drive the clock.
 
@@ -18,14 +20,20 @@ use std::os::raw::c_void;
 use super::client_hello::KEY_NAME_LEN;
 use super::{TlsError, free_datum};
 use crate::ffi;
+use crate::os::LockedPage;
 
 pub const MASTER_LEN: usize = 64;
 pub type KeyName = [u8; KEY_NAME_LEN];
 
-/// One master key. Wiped with `gnutls_memset` (which the compiler may not
-/// elide) when dropped; its Debug output shows only the fingerprint.
+/// GnuTLS's STEK_ROTATION_PERIOD_PRODUCT: a derived ticket key serves
+/// three times the session lifetime.
+const PERIOD_PER_LIFETIME: u64 = 3;
+
+/// One master key, on a locked page of its own (never swapped, never in a
+/// core dump, zeroed in a forked child), wiped when dropped. Its Debug
+/// output shows only the fingerprint.
 pub struct MasterKey {
-    bytes: Box<[u8; MASTER_LEN]>,
+    page: LockedPage,
 }
 
 impl MasterKey {
@@ -39,7 +47,6 @@ impl MasterKey {
         // gnutls_malloc'd buffer.
         let rc = unsafe { ffi::gnutls_session_ticket_key_generate(&mut datum) };
         TlsError::check(rc, "generating a session ticket key")?;
-        let mut key = MasterKey::zeroed();
         if datum.data.is_null() || datum.size as usize != MASTER_LEN {
             free_datum(datum, true);
             return Err(TlsError::new(
@@ -49,45 +56,48 @@ impl MasterKey {
         }
         // SAFETY: datum holds exactly MASTER_LEN bytes (checked above).
         let src = unsafe { std::slice::from_raw_parts(datum.data, MASTER_LEN) };
-        key.bytes.copy_from_slice(src);
+        let key = MasterKey::from_slice(src);
         free_datum(datum, true);
-        Ok(key)
-    }
-
-    fn zeroed() -> MasterKey {
-        MasterKey {
-            bytes: Box::new([0; MASTER_LEN]),
-        }
+        key.ok_or_else(|| {
+            TlsError::new(
+                ffi::GNUTLS_E_MEMORY_ERROR,
+                "no memory for a session ticket key",
+            )
+        })
     }
 
     #[cfg(test)]
     pub fn from_bytes(bytes: [u8; MASTER_LEN]) -> MasterKey {
-        MasterKey {
-            bytes: Box::new(bytes),
-        }
+        MasterKey::from_slice(&bytes).expect("a page for a test key")
     }
 
     /// A master read from a ticket key file or the control channel: exactly
-    /// `MASTER_LEN` bytes, else None. The caller wipes its copy.
+    /// `MASTER_LEN` bytes, else None (also when no page can be had). The
+    /// caller wipes its copy.
     pub fn from_slice(bytes: &[u8]) -> Option<MasterKey> {
         if bytes.len() != MASTER_LEN {
             return None;
         }
-        let mut key = MasterKey::zeroed();
-        key.bytes.copy_from_slice(bytes);
-        Some(key)
+        let mut page = LockedPage::new().ok()?;
+        page.bytes_mut()
+            .get_mut(..MASTER_LEN)?
+            .copy_from_slice(bytes);
+        Some(MasterKey { page })
     }
 
     /// The key itself, to write into a ticket key file or hand to another
     /// process. Never log it.
     pub fn expose(&self) -> &[u8; MASTER_LEN] {
-        &self.bytes
+        self.page
+            .bytes()
+            .first_chunk()
+            .expect("a page holds a master")
     }
 
     /// A datum GnuTLS copies from; valid while `self` lives.
     pub(super) fn datum(&self) -> ffi::gnutls_datum_t {
         ffi::gnutls_datum_t {
-            data: self.bytes.as_ptr() as *mut u8,
+            data: self.expose().as_ptr() as *mut u8,
             size: MASTER_LEN as u32,
         }
     }
@@ -97,30 +107,48 @@ impl MasterKey {
     pub fn fingerprint(&self) -> String {
         let mut input = Vec::with_capacity(MASTER_LEN + 32);
         input.extend_from_slice(b"gsmtpd ticket key fingerprint\0");
-        input.extend_from_slice(&self.bytes[..]);
+        input.extend_from_slice(self.expose());
         let mut digest = [0u8; 32];
-        // SAFETY: input and digest are valid for the lengths given; SHA-256
-        // writes 32 bytes.
-        let rc = unsafe {
-            ffi::gnutls_hash_fast(
-                ffi::GNUTLS_DIG_SHA256,
-                input.as_ptr() as *const c_void,
-                input.len(),
-                digest.as_mut_ptr() as *mut c_void,
-            )
-        };
+        let ok = hash(ffi::GNUTLS_DIG_SHA256, &input, &mut digest);
         wipe(&mut input);
-        if rc < 0 {
+        if !ok {
             return "unavailable".into();
         }
         digest[..6].iter().map(|b| format!("{b:02x}")).collect()
     }
+
+    /// The name GnuTLS puts on tickets this master encrypts during
+    /// `period` (see the module comment).
+    pub fn key_name(&self, period: u64) -> KeyName {
+        let mut input = Vec::with_capacity(8 + MASTER_LEN);
+        input.extend_from_slice(&period.to_be_bytes());
+        input.extend_from_slice(self.expose());
+        // Bytes 16.. are the derived encryption and MAC keys: wiped below.
+        let mut derived = [0u8; 64];
+        let ok = hash(ffi::GNUTLS_DIG_SHA3_512, &input, &mut derived);
+        wipe(&mut input);
+        let mut name = [0u8; KEY_NAME_LEN];
+        if ok {
+            name.copy_from_slice(&derived[..KEY_NAME_LEN]);
+        }
+        wipe(&mut derived);
+        name
+    }
 }
 
-impl Drop for MasterKey {
-    fn drop(&mut self) {
-        wipe(&mut self.bytes[..]);
-    }
+/// `gnutls_hash_fast` into `out`, which must be the digest's size.
+fn hash(algorithm: ffi::gnutls_digest_algorithm_t, input: &[u8], out: &mut [u8]) -> bool {
+    // SAFETY: input is readable for its length; out has room for the
+    // digest (SHA-256: 32 bytes, SHA3-512: 64, as the callers pass).
+    let rc = unsafe {
+        ffi::gnutls_hash_fast(
+            algorithm,
+            input.as_ptr() as *const c_void,
+            input.len(),
+            out.as_mut_ptr() as *mut c_void,
+        )
+    };
+    rc >= 0
 }
 
 impl fmt::Debug for MasterKey {
@@ -136,16 +164,36 @@ pub fn wipe(bytes: &mut [u8]) {
     unsafe { ffi::gnutls_memset(bytes.as_mut_ptr() as *mut c_void, 0, bytes.len()) }
 }
 
+/// The period GnuTLS's ticket-key derivation is in at `now`.
+pub fn period(now: u64, lifetime: u64) -> u64 {
+    now / (PERIOD_PER_LIFETIME * lifetime.max(1))
+}
+
 struct Held {
     id: u64,
     key: MasterKey,
     fingerprint: String,
     created: u64,
-    /// When it stopped encrypting new tickets; None for the current key.
+    /// When it stopped encrypting new tickets; None while it issues them.
     retired: Option<u64>,
+    /// Its key names for a period and the period before, computed once
+    /// per period.
+    names: Option<(u64, KeyName, KeyName)>,
 }
 
-/// What `TicketKeys::choose` hands a new session.
+impl Held {
+    fn issued(&mut self, name: &KeyName, period: u64) -> bool {
+        if self.names.is_none_or(|(p, _, _)| p != period) {
+            let before = self.key.key_name(period.saturating_sub(1));
+            self.names = Some((period, self.key.key_name(period), before));
+        }
+        self.names
+            .as_ref()
+            .is_some_and(|(_, now, before)| now == name || before == name)
+    }
+}
+
+/// What `KeyRing::choose` hands a new session.
 pub struct Choice<'a> {
     pub key: &'a MasterKey,
     pub id: u64,
@@ -154,274 +202,169 @@ pub struct Choice<'a> {
     pub current: bool,
 }
 
-pub type Generator = Box<dyn FnMut() -> Result<MasterKey, TlsError>>;
-
-pub struct TicketKeys {
-    rotation: u64,
+/// The masters a process holds, as the supervisor tells it (or, in the
+/// supervisor, as its rotation or key file makes them).
+pub struct KeyRing {
     lifetime: u64,
-    /// Oldest first; the last one is current.
+    /// Oldest first.
     held: Vec<Held>,
-    /// Key names seen in tickets we issued, with the master that issued them.
-    names: Vec<(KeyName, u64)>,
-    next_id: u64,
-    generate: Generator,
 }
 
-impl TicketKeys {
-    /// `rotation`: seconds one master encrypts new tickets; `lifetime`:
-    /// seconds a ticket may be used.
-    pub fn new(
-        rotation: u64,
-        lifetime: u64,
-        now: u64,
-        generate: Generator,
-    ) -> Result<TicketKeys, TlsError> {
-        let mut keys = TicketKeys {
-            rotation: rotation.max(1),
+impl KeyRing {
+    /// `lifetime`: seconds a ticket may be used (`--ticket-lifetime`, which
+    /// is also each session's GnuTLS cache expiration).
+    pub fn new(lifetime: u64) -> KeyRing {
+        KeyRing {
             lifetime,
             held: Vec::new(),
-            names: Vec::new(),
-            next_id: 0,
-            generate,
-        };
-        keys.add_current(now)?;
-        Ok(keys)
+        }
     }
 
-    fn add_current(&mut self, now: u64) -> Result<(), TlsError> {
-        let key = (self.generate)()?;
-        self.next_id += 1;
+    /// Adds master `id` (replacing one of the same id). Without `retired`
+    /// it issues new tickets from now on.
+    pub fn insert(&mut self, id: u64, key: MasterKey, created: u64, retired: Option<u64>) {
+        self.held.retain(|h| h.id != id);
         let fingerprint = key.fingerprint();
         self.held.push(Held {
-            id: self.next_id,
+            id,
             key,
             fingerprint,
-            created: now,
-            retired: None,
+            created,
+            retired,
+            names: None,
         });
-        Ok(())
     }
 
-    /// Rotates the current master when its period is over and drops retired
-    /// masters whose tickets have all expired. Cheap when nothing is due.
-    pub fn tick(&mut self, now: u64) {
-        if self
-            .current()
-            .is_some_and(|c| now >= c.created + self.rotation)
-        {
-            self.rotate(now);
-        }
-        let lifetime = self.lifetime;
-        let before = self.held.len();
-        self.held.retain(|h| match h.retired {
-            Some(at) if now >= at + lifetime => {
-                log::info!(
-                    "ticket key {} dropped: every ticket it issued has expired",
-                    h.fingerprint
-                );
-                false
+    /// Master `id` stops issuing tickets. False if it is not held.
+    pub fn retire(&mut self, id: u64, at: u64) -> bool {
+        match self.held.iter_mut().find(|h| h.id == id) {
+            Some(h) => {
+                h.retired = Some(at);
+                true
             }
-            _ => true,
-        });
-        if self.held.len() != before {
-            let alive: Vec<u64> = self.held.iter().map(|h| h.id).collect();
-            self.names.retain(|(_, id)| alive.contains(id));
+            None => false,
         }
     }
 
-    fn rotate(&mut self, now: u64) {
-        let old = self.held.len();
-        if let Err(e) = self.add_current(now) {
-            // Keep the old key rather than stop issuing tickets.
-            log::error!("ticket key rotation failed, keeping the current key: {e}");
-            return;
-        }
-        if let Some(previous) = self.held.get_mut(old.wrapping_sub(1)) {
-            previous.retired = Some(now);
-        }
-        let retired = self
-            .held
-            .get(old.wrapping_sub(1))
-            .map(|h| h.fingerprint.as_str())
-            .unwrap_or("none");
-        log::info!(
-            "ticket key rotated: {} now issues tickets, {retired} kept for decryption only; {} key(s) held",
-            self.held
-                .last()
-                .map(|h| h.fingerprint.as_str())
-                .unwrap_or("?"),
-            self.held.len()
-        );
+    /// Forgets master `id` (its key is wiped). False if it is not held.
+    pub fn remove(&mut self, id: u64) -> bool {
+        let before = self.held.len();
+        self.held.retain(|h| h.id != id);
+        self.held.len() != before
     }
 
-    fn current(&self) -> Option<&Held> {
-        self.held.last()
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// The fingerprint of master `id`, for log lines.
+    pub fn fingerprint(&self, id: u64) -> &str {
+        self.held
+            .iter()
+            .find(|h| h.id == id)
+            .map_or("?", |h| h.fingerprint.as_str())
+    }
+
+    /// Every master, oldest first: (id, created, retired, key).
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64, Option<u64>, &MasterKey)> {
+        self.held
+            .iter()
+            .map(|h| (h.id, h.created, h.retired, &h.key))
+    }
+
+    /// The id of the master that issues tickets: the newest not retired.
+    pub fn current_id(&self) -> Option<u64> {
+        self.held
+            .iter()
+            .rev()
+            .find(|h| h.retired.is_none())
+            .map(|h| h.id)
     }
 
     /// The master for a session whose client offers a ticket with this key
     /// name (or none): the master that issued it while we hold it, the
-    /// current one otherwise.
-    pub fn choose(&self, name: Option<&KeyName>) -> Choice<'_> {
-        let issuer = name
-            .and_then(|n| self.names.iter().find(|(known, _)| known == n))
-            .map(|(_, id)| *id);
-        let current_id = self.current().map(|h| h.id);
-        let held = issuer
-            .and_then(|id| self.held.iter().find(|h| h.id == id))
-            .or_else(|| self.current())
-            .expect("the ring always holds a current key");
-        Choice {
+    /// current one otherwise. None when the ring is empty.
+    pub fn choose(&mut self, offered: Option<&KeyName>, now: u64) -> Option<Choice<'_>> {
+        let period = period(now, self.lifetime);
+        let current = self.current_id();
+        let mut issuer = None;
+        if let Some(name) = offered {
+            for h in &mut self.held {
+                if h.issued(name, period) {
+                    issuer = Some(h.id);
+                    break;
+                }
+            }
+        }
+        let id = issuer.or(current)?;
+        let held = self.held.iter().find(|h| h.id == id)?;
+        Some(Choice {
             key: &held.key,
-            id: held.id,
-            current: Some(held.id) == current_id,
-        }
-    }
-
-    /// Records that master `id` issued a ticket with this key name.
-    pub fn learn(&mut self, name: KeyName, id: u64) {
-        if self.names.iter().any(|(n, _)| *n == name) || !self.held.iter().any(|h| h.id == id) {
-            return;
-        }
-        self.names.push((name, id));
-    }
-
-    #[cfg(test)]
-    pub fn held(&self) -> usize {
-        self.held.len()
-    }
-
-    /// The Unix time of the next rotation or drop, for the loop's timer.
-    pub fn next_due(&self) -> u64 {
-        let rotation = self
-            .current()
-            .map(|c| c.created + self.rotation)
-            .unwrap_or(0);
-        self.held
-            .iter()
-            .filter_map(|h| h.retired.map(|at| at + self.lifetime))
-            .fold(rotation, u64::min)
-    }
-
-    /// The most masters the ring can hold at once with these settings.
-    pub fn max_held(&self) -> usize {
-        1 + self.lifetime.div_ceil(self.rotation) as usize
+            id,
+            current: Some(id) == current,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::Cell;
-    use std::rc::Rc;
 
-    fn counting_generator() -> (Generator, Rc<Cell<u8>>) {
-        let made = Rc::new(Cell::new(0u8));
-        let counter = Rc::clone(&made);
-        let generate: Generator = Box::new(move || {
-            counter.set(counter.get() + 1);
-            Ok(MasterKey::from_bytes([counter.get(); MASTER_LEN]))
-        });
-        (generate, made)
-    }
-
-    fn first_byte(c: &Choice<'_>) -> u8 {
-        c.key.bytes[0]
+    fn key(byte: u8) -> MasterKey {
+        MasterKey::from_bytes([byte; MASTER_LEN])
     }
 
     #[test]
-    fn rotates_on_time_and_keeps_retired_keys_exactly_for_the_ticket_lifetime() {
-        let (generate, made) = counting_generator();
-        let mut ring = TicketKeys::new(100, 250, 1_000, generate).unwrap();
-        assert_eq!(ring.held(), 1);
-        let name_a: KeyName = [0xaa; 16];
-        ring.learn(name_a, ring.choose(None).id);
-
-        ring.tick(1_099);
-        assert_eq!(made.get(), 1, "not yet due");
-        ring.tick(1_100);
-        assert_eq!(made.get(), 2, "rotated at created + rotation");
-        assert_eq!(
-            first_byte(&ring.choose(None)),
-            2,
-            "new tickets use the new key"
-        );
-        let old = ring.choose(Some(&name_a));
-        assert_eq!(
-            first_byte(&old),
-            1,
-            "a ticket of the old key gets the old key"
-        );
-        assert!(!old.current, "and may not issue tickets with it");
-
-        // Retired at 1100: kept until 1100 + 250.
-        for t in [1_200, 1_300] {
-            ring.tick(t);
-        }
-        assert_eq!(
-            ring.held(),
-            4,
-            "1100 + 250 > 1300: the first key is still held"
-        );
-        assert_eq!(first_byte(&ring.choose(Some(&name_a))), 1);
-        ring.tick(1_349);
-        assert_eq!(
-            first_byte(&ring.choose(Some(&name_a))),
-            1,
-            "still inside the lifetime"
-        );
-        ring.tick(1_350);
-        assert_eq!(
-            first_byte(&ring.choose(Some(&name_a))),
-            4,
-            "dropped: falls back to the current key"
-        );
-        assert!(ring.choose(Some(&name_a)).current);
+    fn a_ticket_finds_the_master_that_issued_it_for_two_periods() {
+        crate::tls::init().unwrap();
+        let lifetime = 100; // periods of 300 s
+        let mut ring = KeyRing::new(lifetime);
+        ring.insert(1, key(1), 0, None);
+        let issued_at = 1_000;
+        let name = key(1).key_name(period(issued_at, lifetime));
+        ring.insert(2, key(2), 1_100, None);
+        ring.retire(1, 1_100);
+        let c = ring.choose(Some(&name), 1_100).unwrap();
+        assert_eq!((c.id, c.current), (1, false), "retired: decrypt only");
+        // Still found in the next period (GnuTLS accepts the previous
+        // period's key), no longer in the one after.
+        assert_eq!(ring.choose(Some(&name), 1_200).unwrap().id, 1);
+        let c = ring.choose(Some(&name), 1_500).unwrap();
+        assert_eq!((c.id, c.current), (2, true), "too old: the current key");
+        assert_eq!(ring.choose(None, 1_500).unwrap().id, 2);
+        assert_eq!(ring.choose(Some(&[7; 16]), 1_500).unwrap().id, 2);
     }
 
     #[test]
-    fn never_holds_more_than_the_lifetime_requires() {
-        let (generate, _) = counting_generator();
-        let mut ring = TicketKeys::new(2, 5, 0, generate).unwrap();
-        assert_eq!(ring.max_held(), 4);
-        let mut most = 0;
-        for t in 0..100 {
-            ring.tick(t);
-            most = most.max(ring.held());
-        }
-        assert_eq!(most, ring.max_held());
+    fn retiring_removing_and_the_current_key() {
+        let mut ring = KeyRing::new(10);
+        assert!(
+            ring.choose(None, 0).is_none(),
+            "an empty ring issues nothing"
+        );
+        ring.insert(1, key(1), 0, None);
+        ring.insert(2, key(2), 5, None);
+        assert_eq!(ring.current_id(), Some(2), "the newest issues");
+        assert!(ring.retire(2, 6));
+        assert_eq!(ring.current_id(), Some(1));
+        assert!(ring.remove(1));
+        assert!(!ring.remove(1));
+        assert_eq!(ring.current_id(), None);
+        let c = ring.choose(None, 7);
+        assert!(c.is_none(), "only a retired key: no new tickets");
+        assert_eq!(ring.len(), 1);
+        assert!(!ring.retire(9, 0));
     }
 
     #[test]
-    fn next_due_is_the_earliest_rotation_or_drop() {
-        let (generate, _) = counting_generator();
-        let mut ring = TicketKeys::new(100, 30, 0, generate).unwrap();
-        assert_eq!(ring.next_due(), 100);
-        ring.tick(100);
-        assert_eq!(ring.next_due(), 130, "the retired key's drop comes first");
-        ring.tick(130);
-        assert_eq!(ring.held(), 1);
-        assert_eq!(ring.next_due(), 200);
-    }
-
-    #[test]
-    fn unknown_names_and_names_of_dropped_keys_get_the_current_key() {
-        let (generate, _) = counting_generator();
-        let mut ring = TicketKeys::new(10, 10, 0, generate).unwrap();
-        let c = ring.choose(Some(&[7; 16]));
-        assert!(c.current);
-        ring.learn([9; 16], 12345); // no such key: ignored
-        assert!(ring.names.is_empty());
-        ring.learn([1; 16], ring.choose(None).id);
-        ring.tick(10);
-        ring.tick(20);
-        assert!(ring.names.is_empty(), "names of dropped keys are forgotten");
-    }
-
-    #[test]
-    fn keys_are_wiped_on_drop_and_never_shown() {
+    fn keys_are_on_their_own_page_and_never_shown() {
         crate::tls::init().unwrap();
         let key = MasterKey::generate().unwrap();
-        assert_ne!(*key.bytes, [0; MASTER_LEN]);
+        assert_ne!(*key.expose(), [0; MASTER_LEN]);
         let debug = format!("{key:?}");
         assert!(
             debug.starts_with("MasterKey(") && debug.len() == "MasterKey()".len() + 12,
@@ -432,6 +375,7 @@ mod tests {
             key.fingerprint(),
             MasterKey::generate().unwrap().fingerprint()
         );
+        assert!(MasterKey::from_slice(&[1; 63]).is_none());
 
         let mut bytes = [0x5a; MASTER_LEN];
         wipe(&mut bytes);

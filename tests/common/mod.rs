@@ -186,12 +186,45 @@ impl Server {
         }
     }
 
+    /// Sends `sig` to the supervisor (the process the operator started).
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        signal(self.child.id(), sig);
+    }
+
+    /// Sends `sig` to every worker and to the supervisor: to freeze and
+    /// thaw the whole server (STOP, CONT).
+    pub fn signal_all(&self, sig: &str) {
+        for pid in self.workers() {
+            signal(pid, sig);
+        }
+        self.signal(sig);
+    }
+
+    /// The worker processes: the supervisor's children.
+    pub fn workers(&self) -> Vec<u32> {
+        children(self.child.id())
+    }
+
+    /// Waits until the server has `n` live workers; returns their pids.
+    pub fn wait_workers(&self, n: usize) -> Vec<u32> {
+        let start = Instant::now();
+        loop {
+            let workers: Vec<u32> = self
+                .workers()
+                .into_iter()
+                .filter(|&pid| !is_zombie(pid))
+                .collect();
+            if workers.len() == n {
+                return workers;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "{} workers, not {n}:\n{}",
+                workers.len(),
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits for the process to exit; returns its exit code.
@@ -232,6 +265,41 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "kill -{sig} {pid}");
+}
+
+/// The processes whose parent is `parent`, from /proc.
+pub fn children(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if stat_field(pid, 1).as_deref() == Some(&parent.to_string()) {
+            out.push(pid);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A field of /proc/PID/stat after the command name: 0 is the state, 1
+/// the parent's pid.
+fn stat_field(pid: u32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = stat.rsplit_once(") ")?.1;
+    after_name.split(' ').nth(n).map(str::to_string)
+}
+
+pub fn is_zombie(pid: u32) -> bool {
+    stat_field(pid, 0).is_none_or(|s| s == "Z" || s == "X")
 }
 
 /// "... listening on 127.0.0.1:1234, 127.0.0.1:2345 (TLS)"
