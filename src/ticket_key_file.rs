@@ -51,7 +51,8 @@ pub struct FileKey {
 /// could be replaced by someone else. Returns the keys in file order: the
 /// first one encrypts new tickets.
 pub fn read(path: &Path) -> Result<Vec<FileKey>, String> {
-    let (keys, mode) = load(path)?.ok_or_else(|| format!("{}: no such file", path.display()))?;
+    let Loaded { keys, mode, .. } =
+        load(path)?.ok_or_else(|| format!("{}: no such file", path.display()))?;
     if mode & FOREIGN_BITS != 0 {
         return Err(format!(
             "{}: mode {mode:04o} gives group or others access to the ticket keys; run chmod 600 {}",
@@ -109,27 +110,39 @@ pub fn rotate(path: &Path, rotation: u64, lifetime: u64, now: u64) -> Result<Rot
             path.display()
         ));
     }
-    let (old, mode) = load(path)?.unwrap_or((Vec::new(), FILE_MODE));
+    let (old, mode, owner) = match load(path)? {
+        Some(l) => (l.keys, l.mode, Some(l.owner)),
+        None => (Vec::new(), FILE_MODE, None),
+    };
     let fresh = MasterKey::generate()
         .map_err(|e| format!("{}: generating a ticket key: {e}", path.display()))?;
     let added = fresh.fingerprint();
 
-    // None: now is earlier than one rotation plus lifetime after the epoch,
-    // so no key can be that old.
-    let cutoff = now.checked_sub(rotation.saturating_add(lifetime));
+    // A master is dropped once it is older than rotation + lifetime (it
+    // encrypted for one rotation, its last tickets then lived one
+    // lifetime) and every ticket it issued has expired: it stopped
+    // encrypting when the key above it was made (the one it is now, for
+    // the first line), at least a lifetime ago. On schedule the two are
+    // the same; a rotation that runs late drops no key whose tickets are
+    // still out there.
     let before = old.len();
+    let mut retired = now;
     let mut keys = vec![FileKey {
         created: now,
         key: fresh,
     }];
-    keys.extend(
-        old.into_iter()
-            .filter(|k| cutoff.is_none_or(|c| k.created > c)),
-    );
+    for k in old {
+        let too_old = k.created.saturating_add(rotation).saturating_add(lifetime) <= now;
+        let expired = retired.saturating_add(lifetime) <= now;
+        retired = k.created;
+        if !(too_old && expired) {
+            keys.push(k);
+        }
+    }
     let kept = keys.len() - 1;
 
     let mut text = serialize(&keys);
-    let written = write_atomically(path, &text);
+    let written = write_atomically(path, &text, owner);
     wipe(&mut text);
     written?;
     Ok(Rotated {
@@ -140,9 +153,19 @@ pub fn rotate(path: &Path, rotation: u64, lifetime: u64, now: u64) -> Result<Rot
     })
 }
 
-/// The keys and permission bits of FILE, or None when it does not exist.
-/// The mode is the caller's to judge: read() refuses what rotate() repairs.
-fn load(path: &Path) -> Result<Option<(Vec<FileKey>, u32)>, String> {
+/// What `load` found in an existing file.
+struct Loaded {
+    keys: Vec<FileKey>,
+    /// Permission bits: the caller's to judge (read() refuses what
+    /// rotate() repairs).
+    mode: u32,
+    /// (uid, gid).
+    owner: (u32, u32),
+}
+
+/// The keys, permission bits and owner of FILE, or None when it does not
+/// exist.
+fn load(path: &Path) -> Result<Option<Loaded>, String> {
     let named = |what: &str, e: io::Error| format!("{}: {what}: {e}", path.display());
     // O_NONBLOCK: opening a FIFO for reading would wait for a writer before
     // we could see that it is not a regular file.
@@ -170,7 +193,11 @@ fn load(path: &Path) -> Result<Option<(Vec<FileKey>, u32)>, String> {
     let mut text = read_all(&mut file, meta.len()).map_err(|e| named("reading", e))?;
     let keys = parse(path, &text);
     wipe(&mut text);
-    Ok(Some((keys?, meta.mode() & 0o7777)))
+    Ok(Some(Loaded {
+        keys: keys?,
+        mode: meta.mode() & 0o7777,
+        owner: (meta.uid(), meta.gid()),
+    }))
 }
 
 /// Reads the file into a buffer allocated once, so that no reallocation
@@ -284,7 +311,9 @@ fn serialize(keys: &[FileKey]) -> Vec<u8> {
 /// (O_EXCL, so never another writer's file or a planted link), written,
 /// fsync'd, renamed over `path`, then the directory fsync'd so the rename
 /// itself survives a crash.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+/// `owner`: the (uid, gid) the replaced file had, kept so that a server
+/// running as that user can still read it when root rotated it.
+fn write_atomically(path: &Path, bytes: &[u8], owner: Option<(u32, u32)>) -> Result<(), String> {
     let named = |what: &str, e: io::Error| format!("{}: {what}: {e}", path.display());
     let dir = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
@@ -294,6 +323,14 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let written = (|| {
         // The mode given at open passed through the umask; make it exact.
         file.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
+        if let Some((uid, gid)) = owner {
+            // Only root may give a file away; anyone else writes it as the
+            // owner it had anyway.
+            match std::os::unix::fs::fchown(&file, Some(uid), Some(gid)) {
+                Err(e) if e.kind() != io::ErrorKind::PermissionDenied => return Err(e),
+                _ => {}
+            }
+        }
         file.write_all(bytes)?;
         file.sync_all()?;
         drop(file);
@@ -426,16 +463,57 @@ mod tests {
         let path = put(&dir, "young", &format!("0 {}\n", b64(&[5; 64])), 0o600);
         let report = rotate(&path, 100, 50, 149).unwrap();
         assert_eq!((report.kept, report.dropped), (1, 0));
+        // Old enough, but retired only at 149 (when the key above it was
+        // made): its tickets live until 199.
         let report = rotate(&path, 100, 50, 150).unwrap();
-        assert_eq!(
-            (report.kept, report.dropped),
-            (1, 1),
-            "created 0 <= 150 - 150"
-        );
+        assert_eq!((report.kept, report.dropped), (2, 0));
+        // The key made at 0 stopped encrypting at 149: at 199 its tickets
+        // have expired.
+        let report = rotate(&path, 100, 50, 199).unwrap();
+        assert_eq!((report.kept, report.dropped), (2, 1));
+        let report = rotate(&path, 100, 50, 200).unwrap();
         let keys = read(&path).unwrap();
         assert_eq!(
             keys.iter().map(|k| k.created).collect::<Vec<_>>(),
-            [150, 149]
+            [200, 199, 150, 149],
+            "{report}"
+        );
+    }
+
+    /// Root rotating the file of a server that runs as another user leaves
+    /// it that user's, so the server can read it again.
+    #[test]
+    fn rotate_keeps_the_owner() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: only root can give a file away");
+            return;
+        }
+        init();
+        let dir = TempDir::new("tkf-owner");
+        let path = put(&dir, "keys", &format!("0 {}\n", b64(&[8; 64])), 0o600);
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        rotate(&path, 100, 50, 10).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+        assert_eq!(meta.mode() & 0o7777, 0o600);
+    }
+
+    /// A rotation that runs late (a missed timer) keeps the key that was
+    /// encrypting until now, however old: its tickets are still valid.
+    #[test]
+    fn a_late_rotation_keeps_the_key_that_encrypted_until_now() {
+        init();
+        let dir = TempDir::new("tkf-late");
+        let path = put(&dir, "keys", &format!("0 {}\n", b64(&[6; 64])), 0o600);
+        let report = rotate(&path, 100, 50, 1_000).unwrap();
+        assert_eq!((report.kept, report.dropped), (1, 0));
+        // Once a lifetime has passed since it stopped encrypting, it goes.
+        let report = rotate(&path, 100, 50, 1_050).unwrap();
+        assert_eq!((report.kept, report.dropped), (1, 1));
+        let keys = read(&path).unwrap();
+        assert_eq!(
+            keys.iter().map(|k| k.created).collect::<Vec<_>>(),
+            [1_050, 1_000]
         );
     }
 
@@ -606,7 +684,11 @@ mod tests {
             rotate(&path, 1, 1, now * 10).unwrap();
             assert_eq!(dir_entries(&dir), ["keys"]);
         }
-        assert_eq!(read(&path).unwrap().len(), 1, "older keys all dropped");
+        assert_eq!(
+            read(&path).unwrap().len(),
+            2,
+            "older keys dropped but the one retired just now"
+        );
 
         // A missing directory fails before anything is created.
         let err = rotate(&dir.path().join("no/such/keys"), 1, 1, 0).unwrap_err();
