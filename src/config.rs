@@ -13,9 +13,15 @@ use crate::privileges::Account;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2525";
 /// Server precedence: the server's order of suites (AEAD first) decides, not a
-/// client that lists CBC first. TLS 1.0 and 1.1 are off; the rest of NORMAL
-/// stays, since for opportunistic TLS a weaker suite beats plaintext.
-pub const DEFAULT_PRIORITY: &str = "NORMAL:%SERVER_PRECEDENCE:-VERS-TLS1.0:-VERS-TLS1.1";
+/// client that lists CBC first. With it the server's order of key-exchange
+/// groups decides too, and GnuTLS asks a TLS 1.3 client for another key
+/// share (a HelloRetryRequest, one more round trip) when the client sent
+/// none for the server's first group: X25519 comes first, the share OpenSSL,
+/// rustls, Go and NSS clients send (NORMAL starts with SECP256R1). TLS 1.0
+/// and 1.1 are off; the rest of NORMAL stays, since for opportunistic TLS a
+/// weaker suite beats plaintext.
+pub const DEFAULT_PRIORITY: &str =
+    "NORMAL:%SERVER_PRECEDENCE:-VERS-TLS1.0:-VERS-TLS1.1:-GROUP-ALL:+GROUP-X25519:+GROUP-ALL";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertPair {
@@ -167,7 +173,8 @@ fn options() -> Options {
     o.optopt(
         "",
         "tls-priority",
-        "GnuTLS priority string (default NORMAL:%SERVER_PRECEDENCE:-VERS-TLS1.0:-VERS-TLS1.1)",
+        "GnuTLS priority string (default NORMAL:%SERVER_PRECEDENCE:-VERS-TLS1.0:-VERS-TLS1.1:\
+         -GROUP-ALL:+GROUP-X25519:+GROUP-ALL)",
         "STRING",
     );
     o.optopt(

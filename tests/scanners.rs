@@ -153,3 +153,27 @@ fn message_ids_and_maildir_names_count_up_by_one() {
     qs.sort();
     assert_eq!(qs, counts, "{ids:?}");
 }
+
+/// With the server's order of groups deciding, a TLS 1.3 client that sent
+/// a key share for X25519 only (OpenSSL's default) must not be asked for
+/// another one (a HelloRetryRequest costs a round trip).
+#[test]
+fn an_openssl_client_gets_no_hello_retry_request() {
+    let server = Server::start();
+    let addr = format!("127.0.0.1:{}", server.tls_port());
+    let out = std::process::Command::new("openssl")
+        .args(["s_client", "-tls1_3", "-msg", "-connect", &addr])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running openssl s_client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hellos = text
+        .lines()
+        .filter(|l| l.ends_with(", ClientHello"))
+        .count();
+    assert_eq!(
+        hellos, 1,
+        "a second ClientHello (HelloRetryRequest):\n{text}"
+    );
+    assert!(text.contains("Server Temp Key: X25519"), "{text}");
+}
