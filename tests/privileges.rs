@@ -64,6 +64,13 @@ fn user_flag_drops_every_root_id_and_delivers_as_that_user() {
         "no supplementary groups left from root"
     );
     server.wait_log(&format!("running as user {USER}"));
+    // Forked after the switch: no worker ever held root.
+    let workers = server.workers();
+    assert!(!workers.is_empty());
+    for worker in workers {
+        assert_eq!(status_ids(worker, "Uid:"), [uid; 4], "worker {worker}");
+        assert_eq!(status_ids(worker, "Gid:"), [gid; 4], "worker {worker}");
+    }
 
     let mut c = starttls_client(&server, &[]);
     send_message(

@@ -116,6 +116,19 @@ impl Certs {
         self.checked_at = i64::MIN;
     }
 
+    /// The inotify descriptor of the watch, for the event loop: on an event
+    /// it calls `refresh`, so every process picks up each replacement when
+    /// it happens (a later one may already have replaced it with a broken
+    /// file by the time a session starts).
+    pub fn watch_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.watch.as_ref().and_then(FileWatch::raw_fd)
+    }
+
+    /// Rebuilds the credentials now if a file changed.
+    pub fn refresh(&mut self, now: i64) {
+        self.current(now);
+    }
+
     /// The credentials for a new session, rebuilt first if any file changed.
     pub fn current(&mut self, now: i64) -> &Rc<Credentials> {
         // Always ask inotify, so its queue is drained even when the clock

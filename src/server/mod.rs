@@ -39,7 +39,8 @@ pub use tls_context::TlsContext;
 
 const SIGNALS: Token = Token(0);
 const CONTROL: Token = Token(1);
-const FIRST_LISTENER: usize = 2;
+const CERT_WATCH: Token = Token(2);
+const FIRST_LISTENER: usize = 3;
 /// Connection tokens start here; listener tokens lie below.
 const FIRST_CONN: usize = 1 << 16;
 /// After EMFILE/ENFILE, how long to leave pending connections in the
@@ -175,7 +176,11 @@ impl Server {
             .map_err(|e| format!("registering the control channel: {e}"))?;
         let store = Store::open(&config.maildir, &config.hostname)
             .map_err(|e| format!("mail store {}: {e}", config.maildir.display()))?;
-        tls.watch_files();
+        if let Some(fd) = tls.watch_files() {
+            registry
+                .register(&mut SourceFd(&fd), CERT_WATCH, Interest::READABLE)
+                .map_err(|e| format!("registering the certificate watch: {e}"))?;
+        }
         let smtp_config = SmtpConfig {
             hostname: config.hostname.clone(),
             domains: config.domains.clone(),
@@ -240,6 +245,7 @@ impl Server {
                 match event.token() {
                     SIGNALS => self.on_signal(),
                     CONTROL => self.on_control(),
+                    CERT_WATCH => self.shared.tls.refresh_files(),
                     Token(t) if t >= FIRST_CONN => self.on_conn_event(t - FIRST_CONN, event),
                     Token(t) => self.accept(t - FIRST_LISTENER),
                 }

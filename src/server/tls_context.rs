@@ -134,11 +134,19 @@ impl TlsContext {
             .unwrap_or_default()
     }
 
-    /// Starts watching the certificate files (in the worker, which owns
-    /// the inotify descriptor), catching up on changes since they were
-    /// loaded.
-    pub fn watch_files(&mut self) {
+    /// Starts watching the certificate files (in the process that owns the
+    /// inotify descriptor: each worker, and the supervisor, whose copy a
+    /// new worker starts from), catching up on changes since they were
+    /// loaded. Returns the descriptor for the event loop.
+    pub fn watch_files(&mut self) -> Option<std::os::fd::RawFd> {
         self.certs.watch_files();
+        self.certs.watch_fd()
+    }
+
+    /// The watch saw activity (or a second passed): rebuild the
+    /// credentials now if a file changed.
+    pub fn refresh_files(&mut self) {
+        self.certs.refresh(unix_now() as i64);
     }
 
     /// SIGHUP: re-read every certificate, key and OCSP file.

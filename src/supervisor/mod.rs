@@ -49,8 +49,9 @@ use slots::Slot;
 /// this catches an older library at run time.
 const MIN_RUNTIME_GNUTLS: (u32, u32, u32) = (3, 6, 3);
 const SIGNALS: Token = Token(0);
+const CERT_WATCH: Token = Token(1);
 /// Worker slot `i`'s channel has token `FIRST_SLOT + i`.
-const FIRST_SLOT: usize = 1;
+const FIRST_SLOT: usize = 2;
 /// Bound on the session cache; the oldest rows go first.
 const CACHE_MAX_ROWS: u64 = 100_000;
 /// How long a new session-cache row may wait to be committed together with
@@ -118,7 +119,7 @@ impl Supervisor {
                 config.state_dir.display()
             )
         })?;
-        let tls = TlsContext::load(config)?;
+        let mut tls = TlsContext::load(config)?;
         let wanted: Vec<(std::net::SocketAddr, Kind)> = config
             .listen
             .iter()
@@ -155,6 +156,13 @@ impl Supervisor {
                 Interest::READABLE,
             )
             .map_err(|e| format!("registering signals: {e}"))?;
+        // The supervisor keeps its credentials current too: a worker it
+        // forks later starts from them.
+        if let Some(fd) = tls.watch_files() {
+            poll.registry()
+                .register(&mut SourceFd(&fd), CERT_WATCH, Interest::READABLE)
+                .map_err(|e| format!("registering the certificate watch: {e}"))?;
+        }
         let now = unix_secs();
         let mut supervisor = Supervisor {
             config: config.clone(),
@@ -193,6 +201,7 @@ impl Supervisor {
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => self.on_signals(),
+                    CERT_WATCH => self.tls.refresh_files(),
                     _ => channels = true,
                 }
             }
@@ -313,6 +322,7 @@ impl Supervisor {
                 Signal::SIGHUP => {
                     log::info!("SIGHUP received: passing it to every worker");
                     self.signal_workers(Signal::SIGHUP);
+                    self.tls.reload();
                     if let Some(keys) = self.keys.as_mut() {
                         let packets = keys.reload(unix_secs());
                         self.broadcast(packets);
@@ -473,6 +483,8 @@ impl Supervisor {
                 }
             }
         }
+        // Changes inotify cannot see (NFS, another host): a stat a second.
+        self.tls.refresh_files();
         let unix = unix_secs();
         if unix >= self.keys_due
             && let Some(keys) = self.keys.as_mut()

@@ -55,13 +55,14 @@ impl Slot {
     }
 }
 
-/// 0 for a worker that lived normally; 250 ms, 500 ms, 1 s, ... up to
-/// 30 s for the 1st, 2nd, 3rd, ... quick death in a row.
+/// None after a normal life or a first quick death (one early death is
+/// not yet a loop); then 250 ms, 500 ms, 1 s, ... up to 30 s for the
+/// 2nd, 3rd, 4th, ... quick death in a row.
 pub fn pause(quick_deaths: u32) -> Duration {
     match quick_deaths {
-        0 => Duration::ZERO,
+        0 | 1 => Duration::ZERO,
         n => FIRST_PAUSE
-            .saturating_mul(1 << (n - 1).min(16))
+            .saturating_mul(1 << (n - 2).min(16))
             .min(LONGEST_PAUSE),
     }
 }
@@ -93,7 +94,7 @@ mod tests {
         }
         assert_eq!(
             pauses,
-            vec![250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]
+            vec![0, 250, 500, 1000, 2000, 4000, 8000, 16000, 30000]
         );
         // A worker that then lives normally resets the count.
         slot.started(pid, chan(), now);

@@ -66,6 +66,8 @@ pub struct Options {
     pub certs: bool,
     pub extra: Vec<String>,
     pub state: Option<PathBuf>,
+    /// Environment variables for the server process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -76,6 +78,7 @@ impl Default for Options {
             certs: true,
             extra: Vec::new(),
             state: None,
+            env: Vec::new(),
         }
     }
 }
@@ -120,6 +123,7 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gsmtpd"))
             .args(&args)
             .env("RUST_LOG", "debug")
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -239,6 +243,15 @@ impl Server {
         panic!("gsmtpd did not exit within {within:?}:\n{}", self.log());
     }
 
+    /// The worker that took the connection from the client port `port`,
+    /// from its log line (waiting for it).
+    pub fn worker_of(&self, port: u16) -> u32 {
+        let needle = format!("SMTP connection from [127.0.0.1]:{port} ");
+        let log = self.wait_log(&needle);
+        let line = log.lines().find(|l| l.contains(&needle)).unwrap();
+        line_pid(line).unwrap_or_else(|| panic!("no pid in {line}"))
+    }
+
     /// The `<=` log line of the message with this queue id (waiting for it).
     pub fn arrival_line(&self, id: &str) -> String {
         let needle = format!("id={id}");
@@ -265,6 +278,11 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The pid a log line names: `[ts LEVEL target] [PID] message`.
+pub fn line_pid(line: &str) -> Option<u32> {
+    line.split_once("] [")?.1.split(']').next()?.parse().ok()
 }
 
 pub fn signal(pid: u32, sig: &str) {

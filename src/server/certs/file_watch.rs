@@ -86,6 +86,13 @@ impl FileWatch {
         watch
     }
 
+    /// The inotify descriptor, for an event loop to wait on (it becomes
+    /// readable when something happened in a watched directory).
+    pub fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::{AsFd, AsRawFd};
+        self.inotify.as_ref().map(|i| i.as_fd().as_raw_fd())
+    }
+
     /// Whether a watched file may have changed since the last call. True
     /// whenever that cannot be ruled out.
     pub fn changed(&mut self) -> bool {
