@@ -1,8 +1,9 @@
 //! gsmtpd: an SMTP server with STARTTLS and implicit TLS over GnuTLS.
 //!
-//! The binary (`src/main.rs`) parses the command line and runs the server;
-//! the library exposes the layers so that fuzz targets and benchmarks can
-//! drive them directly.
+//! The binary (`src/main.rs`) parses the command line and runs the
+//! supervisor (`supervisor`), which forks the workers (`server`); the
+//! library exposes the layers so that fuzz targets and benchmarks can drive
+//! them directly. `unsafe` lives in `ffi`, `tls` and `os` only.
 
 pub mod clock;
 pub mod config;

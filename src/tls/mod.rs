@@ -1,6 +1,7 @@
 //! Safe wrappers around GnuTLS: library init, credentials, priorities, and
-//! server sessions driven over buffers that the event loop owns. All of
-//! gsmtpd's `unsafe` outside `crate::ffi` lives in this module.
+//! server sessions driven over buffers that the event loop owns. Besides
+//! `crate::ffi` and the OS calls of `crate::os`, gsmtpd's `unsafe` lives
+//! in this module only.
 
 pub mod client;
 pub mod client_hello;
