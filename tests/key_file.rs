@@ -7,7 +7,7 @@ mod common;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 
@@ -36,19 +36,8 @@ fn server_with(file: &Path) -> Server {
     })
 }
 
-/// `openssl s_client` on the server's implicit-TLS port, saving or loading
-/// its session; returns whether it resumed.
 fn s_client(server: &Server, version: &str, sess: (&str, &Path)) -> bool {
-    let addr = format!("127.0.0.1:{}", server.tls_port());
-    let out = Command::new("openssl")
-        .args(["s_client", "-connect", &addr, version, sess.0])
-        .arg(sess.1)
-        .stdin(Stdio::null())
-        .output()
-        .expect("openssl s_client");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.starts_with("Reused, "))
+    s_client_resumed(server.tls_port(), version, sess.0, sess.1)
 }
 
 #[test]

@@ -10,12 +10,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 
 use common::*;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore};
+use rustls::ClientConnection;
+use rustls::pki_types::ServerName;
 
 const EARLY: &str =
     "EHLO client.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<ivy@example.org>\r\nDATA\r\n";
@@ -142,26 +140,12 @@ fn pipelining_past_ehlo_without_pipeconnect_is_a_synchronisation_error() {
     assert!(c.closed());
 }
 
-fn tls_client() -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(pki().join("ca.pem")).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Arc::new(config)
-}
-
 /// Runs the TLS handshake with `early` queued as application data, so
 /// rustls sends it in the same flight as its Finished, before it has seen
 /// any reply. Returns the plaintext of the first TLS read that has any.
 fn tls_early(mut sock: TcpStream, early: &str) -> (ClientConnection, TcpStream, String) {
     let name = ServerName::try_from("localhost").unwrap();
-    let mut tls = ClientConnection::new(tls_client(), name).unwrap();
+    let mut tls = ClientConnection::new(rustls_tls13(), name).unwrap();
     tls.writer().write_all(early.as_bytes()).unwrap();
     while tls.is_handshaking() {
         tls.complete_io(&mut sock).unwrap();
@@ -256,7 +240,7 @@ fn a_large_injection_after_starttls_is_drained_before_tls_starts() {
     server.signal_all("CONT");
     c.expect("220 2.0.0");
     let name = ServerName::try_from("localhost").unwrap();
-    let mut tls = ClientConnection::new(tls_client(), name).unwrap();
+    let mut tls = ClientConnection::new(rustls_tls13(), name).unwrap();
     let mut sock = c.stream.try_clone().unwrap();
     tls.writer().write_all(b"EHLO client.test\r\n").unwrap();
     while tls.is_handshaking() {

@@ -63,24 +63,9 @@ fn clients_that_leave_right_after_the_handshake_still_get_a_ticket() {
 #[test]
 fn openssl_crlf_lines_with_a_trailing_cr_are_commands() {
     let server = Server::start();
-    let addr = format!("127.0.0.1:{}", server.port());
-    let ca = pki_file("ca.pem");
     // -crlf turns each LF into CRLF, so "EHLO x\r\n" arrives as
     // "EHLO x\r\r\n", as when an administrator pipes printf into it.
-    let mut c = TlsClient::spawn(
-        "openssl",
-        &[
-            "s_client",
-            "-starttls",
-            "smtp",
-            "-crlf",
-            "-quiet",
-            "-connect",
-            &addr,
-            "-CAfile",
-            &ca,
-        ],
-    );
+    let mut c = openssl_starttls(&server, &["-crlf"]);
     c.send("EHLO x\r\n");
     let hello = c.wait_line("250-");
     assert!(hello.contains(" Hello x [127.0.0.1]"), "{hello}");

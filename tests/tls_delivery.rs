@@ -181,22 +181,7 @@ fn bytes_pipelined_after_starttls_are_discarded() {
 #[test]
 fn openssl_s_client_starttls_delivers() {
     let server = Server::start();
-    let addr = format!("127.0.0.1:{}", server.port());
-    let ca = pki_file("ca.pem");
-    let mut c = TlsClient::spawn(
-        "openssl",
-        &[
-            "s_client",
-            "-starttls",
-            "smtp",
-            "-connect",
-            &addr,
-            "-CAfile",
-            &ca,
-            "-verify_return_error",
-            "-quiet",
-        ],
-    );
+    let mut c = openssl_starttls(&server, &["-verify_return_error"]);
     c.wait_line("verify return:1");
     send_message(&mut c, "", &["carol@example.org"], "Subject: s\n\nx\n");
     c.command("QUIT", "221");

@@ -11,15 +11,15 @@ use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection};
 
 fn with_workers(n: usize, extra: &[&str]) -> Server {
     let mut args = vec!["--workers".to_string(), n.to_string()];
@@ -88,18 +88,8 @@ fn every_worker_is_a_child_that_holds_only_its_own_descriptors() {
     }
 }
 
-/// `openssl s_client` on the implicit-TLS port, saving or loading its
-/// session, leaving at once. Returns whether it resumed.
 fn s_client(server: &Server, version: &str, sess: (&str, &str)) -> bool {
-    let addr = format!("127.0.0.1:{}", server.tls_port());
-    let out = Command::new("openssl")
-        .args(["s_client", "-connect", &addr, version, sess.0, sess.1])
-        .stdin(Stdio::null())
-        .output()
-        .expect("openssl s_client");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.starts_with("Reused, "))
+    s_client_resumed(server.tls_port(), version, sess.0, Path::new(sess.1))
 }
 
 #[test]
@@ -346,20 +336,6 @@ fn systemd_is_told_when_every_worker_listens_and_when_stopping() {
     assert_eq!(server.wait_exit(WAIT), Some(0));
 }
 
-fn tls13_client() -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(pki().join("ca.pem")).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Arc::new(config)
-}
-
 /// Sends a ClientHello and returns the ServerHello's random and the
 /// client's port.
 fn server_random(addr: SocketAddr, config: &Arc<ClientConfig>) -> ([u8; 32], u16) {
@@ -389,7 +365,7 @@ fn server_random(addr: SocketAddr, config: &Arc<ClientConfig>) -> ([u8; 32], u16
 fn workers_draw_independent_randomness() {
     let server = with_workers(4, &[]);
     server.wait_workers(4);
-    let config = tls13_client();
+    let config = rustls_tls13();
     let mut by_worker: HashMap<u32, Vec<[u8; 32]>> = HashMap::new();
     let mut seen = HashSet::new();
     for _ in 0..40 {

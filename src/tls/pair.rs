@@ -215,14 +215,17 @@ mod tests {
         assert_eq!(s.cache.borrow_mut().len(), 1, "the session-ID path caches");
     }
 
-    #[test]
-    fn application_data_flows_both_ways() {
-        let s = side();
-        let prio = Rc::new(Priority::new("NORMAL").unwrap());
+    /// A fresh client and server, handshake done, no session cache.
+    fn connected(
+        s: &Side,
+        priority: &str,
+        ticket_key: Option<&MasterKey>,
+    ) -> (ClientSession, ServerSession) {
+        let prio = Rc::new(Priority::new(priority).unwrap());
         let setup = SessionSetup {
             credentials: &s.server_creds,
             priority: &prio,
-            ticket_key: None,
+            ticket_key,
             no_new_tickets: false,
             cache: None,
             lifetime: 600,
@@ -230,6 +233,13 @@ mod tests {
         let mut server = ServerSession::new(setup).unwrap();
         let mut client = ClientSession::new(&s.client_creds, &prio, "localhost", None).unwrap();
         handshake(&mut client, &mut server).unwrap();
+        (client, server)
+    }
+
+    #[test]
+    fn application_data_flows_both_ways() {
+        let s = side();
+        let (mut client, mut server) = connected(&s, "NORMAL", None);
         client.write(b"EHLO x\r\n").unwrap();
         pass(&mut client, &mut server);
         let mut got = Vec::new();

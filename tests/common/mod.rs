@@ -541,6 +541,58 @@ impl Drop for TlsClient {
     }
 }
 
+/// `openssl s_client -starttls smtp -quiet` on the server's plain
+/// listener, verifying the test CA, with `extra` flags.
+pub fn openssl_starttls(server: &Server, extra: &[&str]) -> TlsClient {
+    let addr = format!("127.0.0.1:{}", server.port());
+    let ca = pki_file("ca.pem");
+    let mut args = vec![
+        "s_client",
+        "-starttls",
+        "smtp",
+        "-quiet",
+        "-connect",
+        &addr,
+        "-CAfile",
+        &ca,
+    ];
+    args.extend_from_slice(extra);
+    TlsClient::spawn("openssl", &args)
+}
+
+/// `openssl s_client` on the implicit-TLS port `port`, with `version`
+/// (-tls1_3, -tls1_2), saving (`-sess_out`) or loading (`-sess_in`) its
+/// session in `file`, leaving at once. Returns whether it resumed.
+pub fn s_client_resumed(port: u16, version: &str, sess: &str, file: &Path) -> bool {
+    let addr = format!("127.0.0.1:{port}");
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &addr, version, sess])
+        .arg(file)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("Reused, "))
+}
+
+/// A rustls client offering TLS 1.3 only and trusting the test CA.
+pub fn rustls_tls13() -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(pki().join("ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
 /// gnutls-cli through STARTTLS on the server's plain listener, verifying
 /// the test CA, with the handshake done.
 pub fn starttls_client(server: &Server, extra: &[&str]) -> TlsClient {
