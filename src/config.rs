@@ -87,6 +87,23 @@ pub struct Config {
     pub user: Option<Account>,
     /// Worker processes serving connections.
     pub workers: usize,
+    /// Clients that may send to any domain (mail for others is queued).
+    pub relay_from: HostList,
+    pub sending: Sending,
+}
+
+/// How mail for other domains is sent onward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sending {
+    /// Trust anchors for `verify`; None: the system's store.
+    pub ca_file: Option<PathBuf>,
+    /// Resolvers for MX/A/AAAA; empty: those of /etc/resolv.conf.
+    pub dns_servers: Vec<SocketAddr>,
+    /// First wait after a deferral; doubles up to `retry_max`.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    /// After this, a message still undeliverable is bounced.
+    pub queue_lifetime: Duration,
 }
 
 /// Most worker processes; far beyond the cores of any MX host.
@@ -205,6 +222,42 @@ fn options() -> Options {
         "ticket-key-file",
         "ticket masters shared with other hosts, rotated by 'gsmtpd ticket-key rotate FILE'",
         "FILE",
+    );
+    o.optopt(
+        "",
+        "relay-from",
+        "clients (addresses/CIDRs, comma list) that may send to any domain (default: none)",
+        "LIST",
+    );
+    o.optopt(
+        "",
+        "ca-file",
+        "trust anchors for --tls-policy verify (default: the system store)",
+        "FILE",
+    );
+    o.optmulti(
+        "",
+        "dns-server",
+        "resolver for MX/A/AAAA lookups (default: /etc/resolv.conf's)",
+        "ADDR[:PORT]",
+    );
+    o.optopt(
+        "",
+        "retry-min",
+        "first wait after a deferred delivery, doubling (default 300)",
+        "SECONDS",
+    );
+    o.optopt(
+        "",
+        "retry-max",
+        "longest wait between delivery attempts (default 4000)",
+        "SECONDS",
+    );
+    o.optopt(
+        "",
+        "queue-lifetime",
+        "after this a message still undeliverable is bounced (default 432000)",
+        "SECONDS",
     );
     o.optopt(
         "",
@@ -401,6 +454,24 @@ fn build(m: &Matches) -> Result<Config, UsageError> {
             "--workers: at most {MAX_WORKERS} worker processes"
         )));
     }
+    let relay_from = HostList::parse(&m.opt_str("relay-from").unwrap_or_default())
+        .map_err(|e| UsageError(format!("--relay-from: {e}")))?;
+    let sending = Sending {
+        ca_file: m.opt_str("ca-file").map(PathBuf::from),
+        dns_servers: m
+            .opt_strs("dns-server")
+            .iter()
+            .map(|s| dns_server(s))
+            .collect::<Result<_, _>>()?,
+        retry_min: seconds(m, "retry-min", 300)?,
+        retry_max: seconds(m, "retry-max", 4000)?,
+        queue_lifetime: seconds(m, "queue-lifetime", 432_000)?,
+    };
+    if sending.retry_max < sending.retry_min {
+        return Err(UsageError(
+            "--retry-max: must not be shorter than --retry-min".into(),
+        ));
+    }
     let pipe_connect_hosts = HostList::parse(
         &m.opt_str("pipe-connect-hosts")
             .unwrap_or_else(|| "*".into()),
@@ -434,7 +505,24 @@ fn build(m: &Matches) -> Result<Config, UsageError> {
         },
         user,
         workers,
+        relay_from,
+        sending,
     })
+}
+
+/// `ADDR` or `ADDR:PORT` (`[v6]:PORT` for IPv6 with a port); port 53 by
+/// default.
+fn dns_server(text: &str) -> Result<SocketAddr, UsageError> {
+    let bad = || {
+        UsageError(format!(
+            "--dns-server: '{text}' is not an address (for example 127.0.0.1 or 127.0.0.1:5353)"
+        ))
+    };
+    if let Ok(addr) = SocketAddr::from_str(text) {
+        return Ok(addr);
+    }
+    let ip: std::net::IpAddr = text.parse().map_err(|_| bad())?;
+    Ok(SocketAddr::new(ip, 53))
 }
 
 fn addresses(m: &Matches, flag: &str) -> Result<Vec<SocketAddr>, UsageError> {
@@ -602,6 +690,45 @@ mod tests {
         assert!(
             error(&["--no-tickets", "--ticket-key-file", "k"]).starts_with("--ticket-key-file:")
         );
+    }
+
+    #[test]
+    fn sending_flags() {
+        let c = run(&[]).unwrap();
+        assert!(
+            !c.relay_from.matches("127.0.0.1".parse().unwrap()),
+            "no relaying by default"
+        );
+        assert_eq!(c.sending.retry_min, Duration::from_secs(300));
+        assert_eq!(c.sending.retry_max, Duration::from_secs(4000));
+        assert_eq!(c.sending.queue_lifetime, Duration::from_secs(432_000));
+        assert!(c.sending.dns_servers.is_empty() && c.sending.ca_file.is_none());
+        let c = run(&[
+            "--relay-from",
+            "127.0.0.0/8,::1",
+            "--dns-server",
+            "127.0.0.1:5353",
+            "--dns-server",
+            "::1",
+            "--ca-file",
+            "ca.pem",
+            "--retry-min",
+            "1",
+            "--retry-max",
+            "8",
+        ])
+        .unwrap();
+        assert!(c.relay_from.matches("127.0.0.9".parse().unwrap()));
+        assert_eq!(
+            c.sending.dns_servers,
+            vec![
+                "127.0.0.1:5353".parse().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+        assert!(error(&["--dns-server", "ns.example"]).starts_with("--dns-server:"));
+        assert!(error(&["--relay-from", "x"]).starts_with("--relay-from:"));
+        assert!(error(&["--retry-min", "10", "--retry-max", "5"]).starts_with("--retry-max:"));
     }
 
     #[test]
@@ -780,6 +907,18 @@ mod tests {
             "2",
             "--ticket-key-file",
             "k",
+            "--relay-from",
+            "127.0.0.1",
+            "--ca-file",
+            "ca",
+            "--dns-server",
+            "127.0.0.1",
+            "--retry-min",
+            "1",
+            "--retry-max",
+            "1",
+            "--queue-lifetime",
+            "1",
         ])
         .unwrap();
     }

@@ -123,6 +123,7 @@ fn trace() -> bool {
 struct Plan<'a> {
     starttls_available: bool,
     pipe_connect: bool,
+    relay: bool,
     early: bool,
     implicit_tls: bool,
     tls_after_starttls: bool,
@@ -154,10 +155,11 @@ impl<'a> Plan<'a> {
         Plan {
             starttls_available: bit(0),
             pipe_connect: bit(1),
+            relay: consume & 0x80 != 0,
             early: bit(2),
             implicit_tls: bit(3),
             tls_after_starttls: bit(4),
-            partial_consume: bit(5).then_some(usize::from(consume) + 1),
+            partial_consume: bit(5).then_some(usize::from(consume & 0x7f) + 1),
             tls_delay: usize::from(flags >> 6),
             fail_begin,
             fail_write,
@@ -185,6 +187,7 @@ impl<'a> Plan<'a> {
             starttls_available: self.starttls_available,
             tls: None,
             pipe_connect: self.pipe_connect,
+            relay: self.relay,
         }
     }
 }
@@ -1157,6 +1160,7 @@ pub fn tls_connection(data: &[u8]) {
                     starttls_available: false,
                     tls: None,
                     pipe_connect,
+                    relay: false,
                 },
             ),
             banner_sent: false,

@@ -16,6 +16,7 @@ pub mod hostlist;
 pub mod logging;
 pub mod os;
 pub mod privileges;
+pub mod queue;
 pub mod received;
 pub mod sd_notify;
 pub mod server;

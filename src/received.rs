@@ -8,8 +8,15 @@ use crate::smtp::{Envelope, TlsInfo};
 
 /// The header lines, LF-terminated as the Maildir file stores them.
 pub fn trace_headers(env: &Envelope, id: &str, hostname: &str, unix_secs: u64) -> Vec<u8> {
+    let mut h = format!("Return-Path: <{}>\n", clean(&env.sender));
+    h.push_str(&received(env, id, hostname, unix_secs));
+    h.into_bytes()
+}
+
+/// The `Received:` header alone, LF-terminated: what a message sent
+/// onward carries (a Return-Path is added only at final delivery).
+pub fn received(env: &Envelope, id: &str, hostname: &str, unix_secs: u64) -> String {
     let mut h = String::with_capacity(256);
-    let _ = writeln!(h, "Return-Path: <{}>", clean(&env.sender));
     let _ = writeln!(
         h,
         "Received: from {} ([{}])",
@@ -24,10 +31,10 @@ pub fn trace_headers(env: &Envelope, id: &str, hostname: &str, unix_secs: u64) -
     if let [only] = env.recipients.as_slice() {
         // RFC 5321 4.4: a "for" clause only when it names one recipient,
         // so that it does not disclose the other (bcc) recipients.
-        let _ = write!(h, "\n\tfor <{}@{}>", clean(&only.local), only.domain);
+        let _ = write!(h, "\n\tfor <{}>", clean(&only.mailbox()));
     }
     let _ = writeln!(h, ";\n\t{}", rfc5322_date(unix_secs));
-    h.into_bytes()
+    h
 }
 
 /// `(using TLS1.3 with cipher TLS_AES_256_GCM_SHA384 (256 bits))`
@@ -121,6 +128,7 @@ mod tests {
                 .map(|i| Recipient {
                     local: format!("u{i}"),
                     domain: "example.org".into(),
+                    relay: false,
                 })
                 .collect(),
             body: Body::EightBitMime,

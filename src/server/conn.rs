@@ -110,6 +110,7 @@ impl Conn {
             starttls_available: kind == Kind::Starttls,
             tls: None,
             pipe_connect: shared.pipe_connect_hosts.matches(peer.ip()),
+            relay: shared.relay_from.matches(peer.ip()),
         };
         let tls = match kind {
             Kind::Starttls => Tls::Off,

@@ -1,20 +1,24 @@
-//! The bridge from the SMTP state machine's `MessageSink` to the Maildir
-//! store: one message in progress per connection, the trace headers, the
-//! queue of complete messages that the loop commits as a group, and the
-//! `<=` log line once a message is durable.
+//! The bridge from the SMTP state machine's `MessageSink` to the store:
+//! one message in progress per connection, written into the Maildir for
+//! our own recipients and into the outbound queue for the others (both
+//! copies made durable together), the trace headers, the list of complete
+//! messages that the loop commits as a group, and the `<=` log line once a
+//! message is durable.
 
 use std::net::SocketAddr;
 
 use super::Shared;
 use super::timers::TimerKey;
+use crate::queue;
 use crate::received;
-use crate::smtp::{Commit, Envelope, MessageSink, SinkError, TlsInfo};
-use crate::store::{self, Delivery, Store};
+use crate::smtp::{Body, Commit, Envelope, MessageSink, SinkError, TlsInfo};
+use crate::store::{self, Delivery, MessageId, Store};
 
 /// A message being received: lives in the connection across reads.
 pub struct Pending {
     id: String,
-    delivery: Delivery,
+    /// Its Maildir copy (our recipients) and its queue file (the others).
+    deliveries: Vec<Delivery>,
 }
 
 /// A complete message waiting for the loop's group commit.
@@ -24,7 +28,7 @@ pub struct Queued {
     id: String,
     /// The `<=` line, logged once the message is durable.
     arrival: String,
-    delivery: Delivery,
+    deliveries: Vec<Delivery>,
 }
 
 /// Borrowed for one call into the state machine.
@@ -65,17 +69,31 @@ impl MessageSink for StoreSink<'_> {
     fn begin(&mut self, env: &Envelope) -> Result<(), SinkError> {
         let message = self.store.next_id();
         let id = message.to_string();
-        let header = received::trace_headers(env, &id, self.hostname, crate::clock::unix_secs());
+        let now = crate::clock::unix_secs();
+        let mut deliveries = Vec::with_capacity(2);
         let mailboxes: Vec<(String, String)> = env
             .recipients
             .iter()
+            .filter(|r| !r.relay)
             .map(|r| (r.domain.clone(), r.local.to_lowercase()))
             .collect();
-        let delivery = self
-            .store
-            .begin(message, &mailboxes, &header)
-            .map_err(|e| sink_error("starting delivery", e))?;
-        *self.pending = Some(Pending { id, delivery });
+        if !mailboxes.is_empty() {
+            let header = received::trace_headers(env, &id, self.hostname, now);
+            let delivery = self
+                .store
+                .begin(message, &mailboxes, &header)
+                .map_err(|e| sink_error("starting delivery", e))?;
+            deliveries.push(delivery);
+        }
+        if env.recipients.iter().any(|r| r.relay) {
+            let head = queue_head(env, message, self.hostname, now);
+            let delivery = self
+                .store
+                .begin_queued(message, &head)
+                .map_err(|e| sink_error("starting the queue file", e))?;
+            deliveries.push(delivery);
+        }
+        *self.pending = Some(Pending { id, deliveries });
         Ok(())
     }
 
@@ -84,14 +102,16 @@ impl MessageSink for StoreSink<'_> {
             .pending
             .as_mut()
             .ok_or_else(|| SinkError("no message in progress".into()))?;
-        pending
-            .delivery
-            .write(content)
-            .map_err(|e| sink_error("writing message", e))
+        for delivery in &mut pending.deliveries {
+            delivery
+                .write(content)
+                .map_err(|e| sink_error("writing message", e))?;
+        }
+        Ok(())
     }
 
     fn commit(&mut self, env: &Envelope, size: u64) -> Result<Commit, SinkError> {
-        let Pending { id, delivery } = self
+        let Pending { id, deliveries } = self
             .pending
             .take()
             .ok_or_else(|| SinkError("no message in progress".into()))?;
@@ -100,15 +120,44 @@ impl MessageSink for StoreSink<'_> {
             conn: self.conn,
             id,
             arrival,
-            delivery,
+            deliveries,
         });
         Ok(Commit::Queued)
     }
 
     fn abort(&mut self) {
-        // Dropping the delivery removes its temporary file.
+        // Dropping the deliveries removes their temporary files.
         self.pending.take();
     }
+}
+
+/// What a queue file begins with: the envelope of the recipients it is for
+/// (those not ours), then our `Received:` line as it goes on the wire.
+fn queue_head(env: &Envelope, id: MessageId, hostname: &str, now: u64) -> Vec<u8> {
+    let id = id.to_string();
+    let envelope = queue::Envelope {
+        id: id.clone(),
+        arrival: now,
+        sender: env.sender.clone(),
+        recipients: env
+            .recipients
+            .iter()
+            .filter(|r| r.relay)
+            .map(|r| r.mailbox())
+            .collect(),
+        eight_bit: env.body == Body::EightBitMime,
+        smtputf8: env.smtputf8,
+        received_from: format!(
+            "({}) [{}]:{}",
+            env.helo.escape_debug(),
+            env.peer.ip(),
+            env.peer.port()
+        ),
+    };
+    let mut head = envelope.encode();
+    let received = received::received(env, &id, hostname, now);
+    head.extend_from_slice(received.replace('\n', "\r\n").as_bytes());
+    head
 }
 
 /// Makes the queued messages durable together (one group commit) and
@@ -119,7 +168,7 @@ pub fn commit_queued(queue: Vec<Queued>) -> Vec<(TimerKey, Result<String, SinkEr
     let mut deliveries = Vec::with_capacity(queue.len());
     for q in queue {
         waiting.push((q.conn, q.id, q.arrival));
-        deliveries.push(q.delivery);
+        deliveries.push(q.deliveries);
     }
     let results = store::commit_all(deliveries);
     waiting
@@ -162,7 +211,7 @@ pub fn arrival_line(env: &Envelope, id: &str, size: u64, peer: SocketAddr) -> St
     }
     line.push_str(" for");
     for r in &env.recipients {
-        line.push_str(&format!(" {}@{}", r.local.escape_debug(), r.domain));
+        line.push_str(&format!(" {}", r.mailbox().escape_debug()));
     }
     line
 }

@@ -26,6 +26,7 @@ use crate::config::{Config, Timeouts};
 use crate::conn_limits::ConnCounts;
 use crate::control::{Channel, ToSupervisor, ToWorker};
 use crate::hostlist::HostList;
+use crate::queue::QueueDir;
 use crate::signals::Signals;
 use crate::smtp::SmtpConfig;
 use crate::store::Store;
@@ -67,6 +68,8 @@ pub struct WorkerStart {
 pub struct Shared {
     pub smtp_config: Rc<SmtpConfig>,
     pub pipe_connect_hosts: HostList,
+    /// Clients that may send to any domain.
+    pub relay_from: HostList,
     pub tls: TlsContext,
     pub store: Store,
     pub timeouts: Timeouts,
@@ -175,7 +178,8 @@ impl Server {
             )
             .map_err(|e| format!("registering the control channel: {e}"))?;
         let store = Store::open(&config.maildir, &config.hostname)
-            .map_err(|e| format!("mail store {}: {e}", config.maildir.display()))?;
+            .map_err(|e| format!("mail store {}: {e}", config.maildir.display()))?
+            .with_queue(QueueDir::new(&config.state_dir).root());
         if let Some(fd) = tls.watch_files() {
             registry
                 .register(&mut SourceFd(&fd), CERT_WATCH, Interest::READABLE)
@@ -199,6 +203,7 @@ impl Server {
             shared: Shared {
                 smtp_config: Rc::new(smtp_config),
                 pipe_connect_hosts: config.pipe_connect_hosts.clone(),
+                relay_from: config.relay_from.clone(),
                 tls,
                 store,
                 timeouts: config.timeouts.clone(),
@@ -409,9 +414,12 @@ impl Server {
 
     fn admit(&mut self, mut socket: TcpStream, peer: SocketAddr, kind: Kind) {
         let total = self.counts.total() as usize;
+        // Our own relay clients (Postfix's $mynetworks) are not limited
+        // per address: they are few and send much.
+        let limited = !self.shared.relay_from.matches(peer.ip());
         let refusal = if total >= self.max_connections {
             Some(("4.3.2", "Too many connections", self.max_connections))
-        } else if self.counts.from_ip(peer.ip()) as usize >= self.max_per_ip {
+        } else if limited && self.counts.from_ip(peer.ip()) as usize >= self.max_per_ip {
             Some((
                 "4.7.0",
                 "Too many connections from your address",

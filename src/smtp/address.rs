@@ -134,6 +134,24 @@ fn closing_quote(text: &str) -> Option<usize> {
     None
 }
 
+/// "local@domain" as RFC 5321 4.1.2 writes it: the local-part as a
+/// dot-string when it is one, else quoted, with `"` and `\` escaped.
+pub fn mailbox_text(local: &str, domain: &str) -> String {
+    if local.split('.').all(atom) {
+        return format!("{local}@{domain}");
+    }
+    let mut quoted = String::with_capacity(local.len() + 2);
+    quoted.push('"');
+    for c in local.chars() {
+        if c == '"' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    format!("{quoted}@{domain}")
+}
+
 fn local_part(local: &str) -> Option<String> {
     if local.starts_with('"') {
         unquote(local)

@@ -59,14 +59,28 @@ pub struct ConnInfo {
     pub tls: Option<TlsInfo>,
     /// Advertise PIPECONNECT in the EHLO reply.
     pub pipe_connect: bool,
+    /// The client may send to any domain (`--relay-from`): recipients
+    /// outside ours are accepted, to be sent onward.
+    pub relay: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Recipient {
-    /// As the client wrote it, without quoting; checked to be safe as a directory name.
+    /// As the client wrote it, without quoting; for a local recipient
+    /// checked to be safe as a directory name.
     pub local: String,
     /// Lowercased.
     pub domain: String,
+    /// Not one of our domains: accepted from a relay client, to be queued
+    /// and sent onward.
+    pub relay: bool,
+}
+
+impl Recipient {
+    /// "local@domain" as it goes into a RCPT TO (quoted where needed).
+    pub fn mailbox(&self) -> String {
+        address::mailbox_text(&self.local, &self.domain)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

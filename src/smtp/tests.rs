@@ -139,6 +139,7 @@ fn conn() -> ConnInfo {
         starttls_available: true,
         tls: None,
         pipe_connect: true,
+        relay: false,
     }
 }
 
@@ -851,6 +852,14 @@ fn recipient(local: &str, domain: &str) -> Recipient {
     Recipient {
         local: local.into(),
         domain: domain.into(),
+        relay: false,
+    }
+}
+
+fn relayed(local: &str, domain: &str) -> Recipient {
+    Recipient {
+        relay: true,
+        ..recipient(local, domain)
     }
 }
 
@@ -975,6 +984,84 @@ fn rcpt_refusals() {
         assert_eq!(output, format!("{reply}\r\n"), "{command}");
         assert!(recipients.is_empty(), "{command}");
     }
+}
+
+/// A --relay-from client may send anywhere; our own domains stay local.
+#[test]
+fn a_relay_client_gets_other_domains_queued_and_ours_delivered() {
+    let mut client = Client::with(
+        SmtpConfig {
+            max_recipients: 10,
+            ..config()
+        },
+        ConnInfo {
+            relay: true,
+            ..conn()
+        },
+    );
+    client.send(EHLO);
+    client.take();
+    client.talk(b"MAIL FROM:<a@client.example>\r\n");
+    for rcpt in [
+        "RCPT TO:<bob@example.org>",
+        "RCPT TO:<Carol@Remote.Example>",
+        "RCPT TO:<\"dave x\"@remote.example>",
+        "RCPT TO:<a/b@remote.example>",
+        "RCPT TO:<eve@[192.0.2.1]>",
+    ] {
+        assert_eq!(
+            client.talk(format!("{rcpt}\r\n").as_bytes()),
+            "250 2.1.5 OK\r\n",
+            "{rcpt}"
+        );
+    }
+    // Still refused for everyone: a local mailbox name that is no directory.
+    assert_eq!(
+        client.talk(b"RCPT TO:<../x@example.org>\r\n"),
+        "553 5.1.3 Bad recipient address syntax\r\n"
+    );
+    let recipients = client
+        .smtp
+        .txn
+        .as_ref()
+        .unwrap()
+        .envelope
+        .recipients
+        .clone();
+    assert_eq!(
+        recipients,
+        vec![
+            recipient("bob", "example.org"),
+            relayed("Carol", "remote.example"),
+            relayed("dave x", "remote.example"),
+            relayed("a/b", "remote.example"),
+            relayed("eve", "[192.0.2.1]"),
+        ]
+    );
+    let mailboxes: Vec<String> = recipients.iter().map(Recipient::mailbox).collect();
+    assert_eq!(
+        mailboxes,
+        [
+            "bob@example.org",
+            "Carol@remote.example",
+            "\"dave x\"@remote.example",
+            "a/b@remote.example",
+            "eve@[192.0.2.1]"
+        ]
+    );
+}
+
+#[test]
+fn mailboxes_are_quoted_where_rfc_5321_needs_it() {
+    let text = |local: &str| recipient(local, "x.example").mailbox();
+    assert_eq!(text("a.b+c"), "a.b+c@x.example");
+    assert_eq!(text("jörg"), "jörg@x.example");
+    assert_eq!(text("a b"), "\"a b\"@x.example");
+    assert_eq!(text("a\"b"), "\"a\\\"b\"@x.example");
+    assert_eq!(text("a\\b"), "\"a\\\\b\"@x.example");
+    assert_eq!(text(".a"), "\".a\"@x.example");
+    assert_eq!(text("a..b"), "\"a..b\"@x.example");
+    assert_eq!(text("a@b"), "\"a@b\"@x.example");
 }
 
 /// Local-parts become directory names.

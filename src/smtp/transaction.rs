@@ -132,15 +132,19 @@ impl Smtp {
             PathError::Syntax | PathError::Mailbox => reply::BAD_RECIPIENT,
         })?;
         let domain = mailbox.domain.to_ascii_lowercase();
-        if mailbox.literal || !self.config.domains.contains(&domain) {
+        let ours = !mailbox.literal && self.config.domains.contains(&domain);
+        if !ours && !self.conn.relay {
             return Err(reply::RELAY_DENIED);
         }
-        if !address::safe_local_part(&mailbox.local) {
+        // A local-part becomes a directory name; one sent onward only has
+        // to be a valid address, which parse_mailbox checked.
+        if ours && !address::safe_local_part(&mailbox.local) {
             return Err(reply::BAD_RECIPIENT);
         }
         Ok(Recipient {
             local: mailbox.local,
             domain,
+            relay: !ours,
         })
     }
 
@@ -149,6 +153,7 @@ impl Smtp {
         Ok(Recipient {
             local: "postmaster".to_owned(),
             domain: domain.clone(),
+            relay: false,
         })
     }
 }

@@ -69,30 +69,40 @@ fn reports_writeback_errors(release: &str) -> Option<bool> {
     Some((major, minor) >= (5, 8))
 }
 
-/// Makes every delivery durable in all its mailboxes' `new/` (see the
-/// module documentation) and returns, in order, each one's final paths or
-/// why it failed; a failed one leaves nothing behind.
-pub fn commit_all(deliveries: Vec<Delivery>) -> Vec<io::Result<Vec<PathBuf>>> {
-    commit_with(deliveries, &mut Syncfs)
+/// Makes every message durable (see the module documentation) and
+/// returns, in order, each one's final paths or why it failed. A message
+/// is a unit of deliveries (its Maildir copy and its queue file, when it
+/// has local and remote recipients) that succeed together or fail
+/// together: a failed one leaves nothing behind.
+pub fn commit_all(messages: Vec<Vec<Delivery>>) -> Vec<io::Result<Vec<PathBuf>>> {
+    commit_with(messages, &mut Syncfs)
 }
 
 pub(super) fn commit_with(
-    deliveries: Vec<Delivery>,
+    messages: Vec<Vec<Delivery>>,
     durability: &mut dyn Durability,
 ) -> Vec<io::Result<Vec<PathBuf>>> {
-    let mut batch: Vec<Entry> = deliveries.into_iter().map(Entry::Live).collect();
+    let count = messages.len();
+    let mut batch: Vec<(usize, Entry)> = messages
+        .into_iter()
+        .enumerate()
+        .flat_map(|(unit, deliveries)| deliveries.into_iter().map(move |d| (unit, Entry::Live(d))))
+        .collect();
     each_live(&mut batch, Delivery::finish_writing);
     sync_phase(&mut batch, durability);
     each_live(&mut batch, Delivery::publish);
     sync_phase(&mut batch, durability);
     each_live(&mut batch, |delivery| delivery.sync_foreign_dirs());
-    batch
-        .into_iter()
-        .map(|entry| match entry {
-            Entry::Live(delivery) => Ok(delivery.delivered()),
-            Entry::Failed(e) => Err(e),
-        })
-        .collect()
+    let mut results: Vec<io::Result<Vec<PathBuf>>> = (0..count).map(|_| Ok(Vec::new())).collect();
+    for (unit, entry) in batch {
+        match (entry, &mut results[unit]) {
+            (Entry::Live(delivery), Ok(paths)) => paths.extend(delivery.delivered()),
+            (Entry::Failed(e), result @ Ok(_)) => *result = Err(e),
+            // A failed unit's live parts were failed with it.
+            (_, Err(_)) => {}
+        }
+    }
+    results
 }
 
 enum Entry {
@@ -111,22 +121,45 @@ impl Entry {
     }
 }
 
-/// Runs one step of the commit on every delivery still live.
-fn each_live(batch: &mut [Entry], step: impl Fn(&mut Delivery) -> io::Result<()>) {
-    for entry in batch {
+/// Runs one step of the commit on every delivery still live, then fails
+/// the rest of every message of which a delivery failed.
+fn each_live(batch: &mut [(usize, Entry)], step: impl Fn(&mut Delivery) -> io::Result<()>) {
+    for (_, entry) in batch.iter_mut() {
         if let Entry::Live(delivery) = entry
             && let Err(e) = step(delivery)
         {
             entry.fail(e);
         }
     }
+    fail_whole_messages(batch);
+}
+
+/// A message is durable everywhere or nowhere: its other deliveries fail
+/// with the one that failed (undoing what they did).
+fn fail_whole_messages(batch: &mut [(usize, Entry)]) {
+    let failed: Vec<(usize, String)> = batch
+        .iter()
+        .filter_map(|(unit, entry)| match entry {
+            Entry::Failed(e) => Some((*unit, e.to_string())),
+            Entry::Live(_) => None,
+        })
+        .collect();
+    for (unit, entry) in batch.iter_mut() {
+        if let Some((_, why)) = failed.iter().find(|(u, _)| u == unit)
+            && matches!(entry, Entry::Live(_))
+        {
+            entry.fail(io::Error::other(format!(
+                "another part of the message failed: {why}"
+            )));
+        }
+    }
 }
 
 /// One `syncfs` per file system among the live deliveries; every delivery
-/// on a file system whose sync failed fails with it.
-fn sync_phase(batch: &mut [Entry], durability: &mut dyn Durability) {
+/// on a file system whose sync failed fails with it (and its message).
+fn sync_phase(batch: &mut [(usize, Entry)], durability: &mut dyn Durability) {
     let mut devices: Vec<u64> = Vec::new();
-    for entry in batch.iter() {
+    for (_, entry) in batch.iter() {
         if let Entry::Live(delivery) = entry
             && !devices.contains(&delivery.device())
         {
@@ -134,7 +167,7 @@ fn sync_phase(batch: &mut [Entry], durability: &mut dyn Durability) {
         }
     }
     for device in devices {
-        let file = batch.iter().find_map(|entry| match entry {
+        let file = batch.iter().find_map(|(_, entry)| match entry {
             Entry::Live(d) if d.device() == device => d.file(),
             _ => None,
         });
@@ -144,12 +177,13 @@ fn sync_phase(batch: &mut [Entry], durability: &mut dyn Durability) {
         let Err(e) = result else {
             continue;
         };
-        for entry in batch.iter_mut() {
+        for (_, entry) in batch.iter_mut() {
             if matches!(entry, Entry::Live(d) if d.device() == device) {
                 entry.fail(io::Error::new(e.kind(), format!("syncfs: {e}")));
             }
         }
     }
+    fail_whole_messages(batch);
 }
 
 #[cfg(test)]

@@ -56,6 +56,16 @@ impl TmpFile {
     }
 }
 
+/// How a message is kept where it is delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Form {
+    /// A Maildir file: LF line ends, named `NAME,S=<size>`.
+    Maildir,
+    /// A queue file: the bytes as given (CRLF, as they go on the wire),
+    /// named `NAME` (the message id).
+    Queue,
+}
+
 /// A message being written into `tmp/`. Dropping it without
 /// [`commit`](Delivery::commit) aborts it: an anonymous file just goes
 /// away, a named one is removed.
@@ -68,6 +78,7 @@ pub struct Delivery {
     tmp: TmpFile,
     /// The unique name without the `,S=` suffix.
     name: String,
+    form: Form,
     /// Distinct mailbox directories; the first holds the tmp file.
     mailboxes: Vec<PathBuf>,
     known: KnownMailboxes,
@@ -87,7 +98,7 @@ impl Delivery {
     pub(super) fn new(
         file: File,
         tmp: TmpFile,
-        name: String,
+        (name, form): (String, Form),
         mailboxes: Vec<PathBuf>,
         known: KnownMailboxes,
     ) -> Delivery {
@@ -97,6 +108,7 @@ impl Delivery {
             device: 0,
             tmp,
             name,
+            form,
             mailboxes,
             known,
             size: 0,
@@ -113,21 +125,24 @@ impl Delivery {
         self.size
     }
 
-    /// Appends content with CRLF line ends, storing it with LF line ends.
-    /// A CRLF split across two calls is still converted; a CR not followed
-    /// by LF is kept.
+    /// Appends content with CRLF line ends, storing it with LF line ends
+    /// in a Maildir file (a CRLF split across two calls is still converted;
+    /// a CR not followed by LF is kept) and as it is in a queue file.
     pub fn write(&mut self, content: &[u8]) -> io::Result<()> {
         if self.failed {
             return Err(earlier_failure());
         }
-        let result = self.convert(content);
+        let result = match self.form {
+            Form::Maildir => self.convert(content),
+            Form::Queue => self.emit(content),
+        };
         if result.is_err() {
             self.failed = true;
         }
         result
     }
 
-    /// Writes bytes unchanged (the header, which already has LF line ends).
+    /// Writes bytes unchanged (a header block in its final form).
     pub(super) fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         let result = self.emit(bytes);
         if result.is_err() {
@@ -179,7 +194,7 @@ impl Delivery {
     /// final paths: a group commit of one (see [`super::commit_all`]).
     #[cfg(test)]
     pub fn commit(self) -> io::Result<Vec<PathBuf>> {
-        super::commit_all(vec![self])
+        super::commit_all(vec![vec![self]])
             .pop()
             .unwrap_or_else(|| Err(finished()))
     }
@@ -226,7 +241,10 @@ impl Delivery {
     /// already have made the data durable, and makes the names durable
     /// afterwards. On error nothing of the message remains in any `new/`.
     pub(super) fn publish(&mut self) -> io::Result<()> {
-        let final_name = format!("{},S={}", self.name, self.size);
+        let final_name = match self.form {
+            Form::Maildir => format!("{},S={}", self.name, self.size),
+            Form::Queue => self.name.clone(),
+        };
         let mut linked = Vec::with_capacity(self.mailboxes.len());
         let mut foreign = Vec::new();
         if let Err(e) = self.link_all(&final_name, &mut linked, &mut foreign) {

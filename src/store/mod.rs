@@ -26,6 +26,11 @@
 //! every `new/` directory entry are on stable storage, so the caller may
 //! answer 250 then; it does so for many messages at once (group commit).
 //! If it fails, every name it had created in a `new/` is removed again.
+//!
+//! The outbound queue (`crate::queue`) is written the same way: a message
+//! for other domains is a queue file, written into the queue's `tmp/` and
+//! linked into its `new/` under the message id, in the same group commit
+//! as the Maildir copies of the same message.
 
 mod clean;
 mod commit;
@@ -47,6 +52,7 @@ use log::info;
 pub use clean::{STALE_TMP_AGE, clean_stale_tmp};
 pub use commit::{check_kernel, commit_all};
 pub use delivery::Delivery;
+use delivery::Form;
 pub use unique::MessageId;
 
 use delivery::TmpFile;
@@ -66,6 +72,9 @@ pub struct Store {
     /// Messages start as `O_TMPFILE` inodes until the kernel or a file
     /// system refuses one, then as names in `tmp/`.
     anonymous_tmp: bool,
+    /// The outbound queue's root (with `tmp/` and `new/`), if this store
+    /// queues mail for other domains.
+    queue: Option<PathBuf>,
 }
 
 impl Store {
@@ -78,11 +87,40 @@ impl Store {
             hostname: unique::escape_hostname(hostname),
             known: KnownMailboxes::default(),
             anonymous_tmp: true,
+            queue: None,
         };
         if !Path::new(PROC_FD).is_dir() {
             store.use_named_tmp(&format!("{PROC_FD} is not available"));
         }
         Ok(store)
+    }
+
+    /// Queues mail for other domains into `queue` (a root with `tmp/` and
+    /// `new/`, which the caller has made).
+    pub fn with_queue(mut self, queue: &Path) -> Store {
+        self.queue = Some(queue.to_path_buf());
+        self
+    }
+
+    /// Starts the queue file of message `id` (mail for other domains):
+    /// `head` (its envelope block and our trace header) goes first, the
+    /// content after it is stored as written.
+    pub fn begin_queued(&mut self, id: MessageId, head: &[u8]) -> io::Result<Delivery> {
+        let queue = self
+            .queue
+            .clone()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "this store has no queue"))?;
+        let name = id.to_string();
+        let (file, tmp) = self.create_tmp(&queue.join("tmp"), &name)?;
+        let mut delivery = Delivery::new(
+            file,
+            tmp,
+            (name, Form::Queue),
+            vec![queue],
+            self.known.clone(),
+        );
+        delivery.write_raw(head)?;
+        Ok(delivery)
     }
 
     /// From now on every message starts under a name in `tmp/`.
@@ -140,7 +178,8 @@ impl Store {
                 return Err(e);
             }
         };
-        let mut delivery = Delivery::new(file, tmp, name, dirs, self.known.clone());
+        let mut delivery =
+            Delivery::new(file, tmp, (name, Form::Maildir), dirs, self.known.clone());
         delivery.write_raw(header)?;
         Ok(delivery)
     }

@@ -660,7 +660,8 @@ impl super::commit::Durability for Recorder {
 }
 
 /// Three messages to three mailboxes, written but not committed.
-fn three_deliveries(store: &mut Store) -> Vec<super::Delivery> {
+/// Three messages of one delivery each.
+fn three_deliveries(store: &mut Store) -> Vec<Vec<super::Delivery>> {
     ["alice", "bob", "carol"]
         .iter()
         .map(|who| {
@@ -670,7 +671,7 @@ fn three_deliveries(store: &mut Store) -> Vec<super::Delivery> {
             // Still in the BufWriter: the group commit must write it out.
             d.write(format!("Subject: for {who}\r\n\r\nbody\r").as_bytes())
                 .unwrap();
-            d
+            vec![d]
         })
         .collect()
 }
@@ -771,4 +772,69 @@ fn one_failed_message_does_not_fail_its_group() {
     assert_eq!(names(&root.join("example.com/alice/new")).len(), 1);
     assert_eq!(names(&root.join("example.com/carol/new")).len(), 1);
     assert!(names(&root.join("example.com/bob/tmp")).is_empty());
+}
+
+// ---- the outbound queue ---------------------------------------------------------------
+
+/// A store with a queue beside its Maildir; returns the queue root too.
+fn store_with_queue(tmp: &TempDir, named: bool) -> (Store, PathBuf, PathBuf) {
+    let (store, root) = store_in_mode(tmp, named);
+    let queue = tmp.path().join("queue");
+    crate::queue::QueueDir::new(tmp.path()).create().unwrap();
+    (store.with_queue(&queue), root, queue)
+}
+
+#[test]
+fn a_queue_file_keeps_the_wire_form_under_the_message_id() {
+    for named in [false, true] {
+        let tmp = temp_dir();
+        let (mut store, _root, queue) = store_with_queue(&tmp, named);
+        let id = store.next_id();
+        let mut d = store
+            .begin_queued(id, b"envelope\n\nReceived: x\r\n")
+            .unwrap();
+        d.write(b"Subject: s\r\n\r\nline\r").unwrap();
+        d.write(b"\nbare\rcr\r\n").unwrap();
+        let paths = d.commit().unwrap();
+        assert_eq!(paths, vec![queue.join("new").join(id.to_string())]);
+        assert_eq!(
+            fs::read(&paths[0]).unwrap(),
+            b"envelope\n\nReceived: x\r\nSubject: s\r\n\r\nline\r\nbare\rcr\r\n"
+        );
+        assert!(names(&queue.join("tmp")).is_empty(), "named={named}");
+    }
+}
+
+/// A message for our users and for others is durable in both places or in
+/// neither: the client's 4xx and retry must not deliver it twice.
+#[test]
+fn a_message_lands_in_the_maildir_and_the_queue_together_or_not_at_all() {
+    let tmp = temp_dir();
+    let (mut store, root, queue) = store_with_queue(&tmp, false);
+    let unit = |store: &mut Store| {
+        let id = store.next_id();
+        let mut local = store
+            .begin(id, &[mb("example.com", "both")], HEADER)
+            .unwrap();
+        let mut queued = store.begin_queued(id, b"envelope\n\n").unwrap();
+        for d in [&mut local, &mut queued] {
+            d.write(b"Subject: s\r\n\r\nbody\r\n").unwrap();
+        }
+        vec![local, queued]
+    };
+    let ok = super::commit_all(vec![unit(&mut store)]);
+    assert_eq!(ok[0].as_ref().unwrap().len(), 2);
+    assert_eq!(names(&root.join("example.com/both/new")).len(), 1);
+    assert_eq!(names(&queue.join("new")).len(), 1);
+
+    // The queue's new/ breaks: the Maildir copy is undone too.
+    fs::rename(queue.join("new"), queue.join("new.away")).unwrap();
+    fs::write(queue.join("new"), b"x").unwrap();
+    let failed = super::commit_all(vec![unit(&mut store)]);
+    assert!(failed[0].is_err());
+    assert_eq!(
+        names(&root.join("example.com/both/new")).len(),
+        1,
+        "no second copy"
+    );
 }

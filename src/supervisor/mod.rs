@@ -36,6 +36,7 @@ use crate::config::Config;
 use crate::conn_limits::ConnCounts;
 use crate::control::{Channel, Secret, ToSupervisor, ToWorker};
 use crate::os::{self, Forked};
+use crate::queue::QueueDir;
 use crate::server::{Kind, Listener, Server, TlsContext, WorkerStart, bind_sets};
 use crate::session_cache::{CacheConfig, SessionCache};
 use crate::signals::Signals;
@@ -140,6 +141,10 @@ impl Supervisor {
         store::check_kernel();
         Store::open(&config.maildir, &config.hostname)
             .map_err(|e| format!("mail store {}: {e}", config.maildir.display()))?;
+        let queue = QueueDir::new(&config.state_dir);
+        queue
+            .create()
+            .map_err(|e| format!("queue {}: {e}", queue.root().display()))?;
         match store::clean_stale_tmp(&config.maildir, store::STALE_TMP_AGE) {
             Ok(0) => {}
             Ok(n) => log::info!("removed {n} stale files from the mail store's tmp/ directories"),
