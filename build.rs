@@ -80,10 +80,19 @@ const FUNCTIONS: &[&str] = &[
     "gnutls_certificate_set_ocsp_status_request_mem",
     "gnutls_certificate_get_ours",
     "gnutls_server_name_get",
-    // the client side, for the in-process handshake benchmark
+    // the client side: sending onward (and the in-process benchmark)
     "gnutls_server_name_set",
     "gnutls_session_get_data2",
     "gnutls_session_set_data",
+    "gnutls_session_get_flags",
+    "gnutls_session_set_verify_cert",
+    "gnutls_session_get_verify_cert_status",
+    "gnutls_certificate_verification_status_print",
+    "gnutls_certificate_set_x509_system_trust",
+    "gnutls_certificate_set_x509_trust_file",
+    "gnutls_ocsp_status_request_enable_client",
+    "gnutls_ocsp_status_request_is_checked",
+    "gnutls_ocsp_status_request_get",
     "gnutls_ocsp_resp_init",
     "gnutls_ocsp_resp_deinit",
     "gnutls_ocsp_resp_import",
@@ -127,12 +136,13 @@ const TYPES: &[&str] = &[
     "gnutls_handshake_description_t",
     "gnutls_ocsp_resp_status_t",
     "gnutls_server_name_type_t",
+    "gnutls_session_flags_t",
 ];
 
 /// Constants, by prefix: error codes, init flags, enums used above.
 const CONSTANTS: &str = "GNUTLS_(E_|\
 CRD_|CERT_|X509_FMT_|PK_|DIG_|SAN_|FSAN_|SHUT_|RND_|KEY_|KEYID_|CERTIFICATE_API_V2|VERSION_NUMBER|\
-TLS1|SSL3|DTLS|A_|SEC_PARAM_|HOOK_|OCSP_|NAME_DNS).*";
+TLS1|SSL3|DTLS|A_|SEC_PARAM_|HOOK_|OCSP_|NAME_DNS|SFLAGS_).*";
 const OIDS: &str = "GNUTLS_(OID_X520_COMMON_NAME|KP_TLS_WWW_SERVER)";
 
 fn main() {

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use gsmtpd::tls::client_hello::{self, Parse};
 use gsmtpd::tls::session_db::{CacheOp, SessionDb};
 use gsmtpd::tls::ticket_keys::MasterKey;
-use gsmtpd::tls::{ClientSession, Credentials, Priority, ServerSession, SessionSetup, pair};
+use gsmtpd::tls::{
+    ClientSession, ClientSetup, Credentials, Priority, ServerSession, SessionSetup, pair,
+};
 
 struct Mode {
     name: &'static str,
@@ -203,8 +205,15 @@ fn measure(
     let started = Instant::now();
     for i in 0..count + warmup {
         let offer = if resume { data.as_deref() } else { None };
-        let mut client = ClientSession::new(client_creds, prio, "localhost", offer)
-            .map_err(|e| e.to_string())?;
+        let mut client = ClientSession::new(ClientSetup {
+            credentials: client_creds,
+            priority: prio,
+            server_name: Some("localhost"),
+            verify_name: None,
+            ocsp: false,
+            resume: offer,
+        })
+        .map_err(|e| e.to_string())?;
         let mut server = setup.session(&mut client)?;
         let t = pair::handshake(&mut client, &mut server).map_err(|e| e.to_string())?;
         setup.apply_ops();

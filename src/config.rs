@@ -111,6 +111,11 @@ pub const MAX_WORKERS: usize = 256;
 
 pub enum Command {
     Run(Box<Config>),
+    /// `gsmtpd queue list|show ID|flush|remove ID`, on `state_dir`.
+    Queue {
+        action: QueueAction,
+        state_dir: PathBuf,
+    },
     /// `gsmtpd ticket-key rotate FILE`.
     RotateTicketKeys {
         file: PathBuf,
@@ -119,6 +124,14 @@ pub enum Command {
     },
     Help(String),
     Version,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueAction {
+    List,
+    Show(String),
+    Flush,
+    Remove(String),
 }
 
 /// A bad flag or value: one line naming the flag; the caller exits 2.
@@ -342,7 +355,8 @@ fn options() -> Options {
 
 pub fn usage() -> String {
     options().usage(
-        "Usage: gsmtpd [OPTIONS]\n       gsmtpd ticket-key rotate FILE [--ticket-rotation S] [--ticket-lifetime S]\n\n\
+        "Usage: gsmtpd [OPTIONS]\n       gsmtpd queue list|show ID|flush|remove ID [--state-dir DIR]\n       \
+         gsmtpd ticket-key rotate FILE [--ticket-rotation S] [--ticket-lifetime S]\n\n\
          SMTP server with STARTTLS and implicit TLS over GnuTLS.",
     )
 }
@@ -368,8 +382,34 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
         ["ticket-key", ..] => Err(UsageError(
             "ticket-key: the command is 'gsmtpd ticket-key rotate FILE'".into(),
         )),
+        ["queue", ref rest @ ..] => {
+            let action = match rest {
+                ["list"] => QueueAction::List,
+                ["show", id] => QueueAction::Show(id.to_string()),
+                ["flush"] => QueueAction::Flush,
+                ["remove", id] => QueueAction::Remove(id.to_string()),
+                _ => {
+                    return Err(UsageError(
+                        "queue: the commands are 'queue list', 'queue show ID', \
+                         'queue flush' and 'queue remove ID'"
+                            .into(),
+                    ));
+                }
+            };
+            Ok(Command::Queue {
+                action,
+                state_dir: state_dir_flag(&m),
+            })
+        }
         [extra, ..] => Err(UsageError(format!("unexpected argument '{extra}'"))),
     }
+}
+
+fn state_dir_flag(m: &Matches) -> PathBuf {
+    PathBuf::from(
+        m.opt_str("state-dir")
+            .unwrap_or_else(|| "./gsmtpd-state".into()),
+    )
 }
 
 const DEFAULT_ROTATION: u64 = 21_600;
@@ -395,10 +435,7 @@ fn build(m: &Matches) -> Result<Config, UsageError> {
     if listen.is_empty() && listen_tls.is_empty() {
         listen.push(SocketAddr::from_str(DEFAULT_LISTEN).map_err(|e| UsageError(e.to_string()))?);
     }
-    let state_dir = PathBuf::from(
-        m.opt_str("state-dir")
-            .unwrap_or_else(|| "./gsmtpd-state".into()),
-    );
+    let state_dir = state_dir_flag(m);
     let maildir = m
         .opt_str("maildir")
         .map(PathBuf::from)
@@ -750,6 +787,40 @@ mod tests {
         }
         let bad: Vec<String> = vec!["ticket-key".into(), "spin".into()];
         assert!(parse(&bad).err().unwrap().0.starts_with("ticket-key:"));
+    }
+
+    #[test]
+    fn queue_commands() {
+        let parse_args = |args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            parse(&args)
+        };
+        match parse_args(&["queue", "show", "abc", "--state-dir", "/var/lib/g"]) {
+            Ok(Command::Queue { action, state_dir }) => {
+                assert_eq!(action, QueueAction::Show("abc".into()));
+                assert_eq!(state_dir, PathBuf::from("/var/lib/g"));
+            }
+            _ => panic!("not a queue command"),
+        }
+        for (args, action) in [
+            (&["queue", "list"][..], QueueAction::List),
+            (&["queue", "flush"][..], QueueAction::Flush),
+            (
+                &["queue", "remove", "x"][..],
+                QueueAction::Remove("x".into()),
+            ),
+        ] {
+            match parse_args(args) {
+                Ok(Command::Queue { action: a, .. }) => assert_eq!(a, action),
+                _ => panic!("{args:?}"),
+            }
+        }
+        for bad in [&["queue"][..], &["queue", "show"], &["queue", "list", "x"]] {
+            assert!(
+                parse_args(bad).err().unwrap().0.starts_with("queue:"),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod fuzz_support;
 pub mod hostlist;
 pub mod logging;
 pub mod os;
+pub mod pid_file;
 pub mod privileges;
 pub mod queue;
 pub mod received;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use gsmtpd::config::{self, Command};
-use gsmtpd::{clock, logging, supervisor, ticket_key_file, tls};
+use gsmtpd::{clock, logging, queue, supervisor, ticket_key_file, tls};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -17,6 +17,17 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Ok(Command::Queue { action, state_dir }) => {
+            logging::init();
+            let done = queue::cli::run(&action, &state_dir, clock::unix_secs());
+            let text = done.output;
+            if done.status == 0 {
+                print!("{text}");
+            } else {
+                eprint!("gsmtpd: {text}");
+            }
+            ExitCode::from(done.status)
         }
         Ok(Command::RotateTicketKeys {
             file,

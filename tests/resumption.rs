@@ -147,9 +147,8 @@ fn first_session_logs_the_ticket_it_was_issued() {
     gnutls_resume(&server, Listener::Implicit, TLS13);
     let lines = wait_tls_lines(&server, 2);
     assert!(
-        lines.iter().any(|l| l.contains(
-            "resumption=0x0b(supported,client-requested-ticket,server-issued-ticket)"
-        )),
+        lines.iter().any(|l| l
+            .contains("resumption=0x0b(supported,client-requested-ticket,server-issued-ticket)")),
         "{lines:#?}"
     );
 }

@@ -7,9 +7,10 @@
 
 use crate::tls::ticket_keys::{MASTER_LEN, MasterKey, wipe};
 
-/// Supervisor to worker.
+/// Supervisor to a child: a worker, or the delivery process (which gets
+/// `Start` and `Flush` only).
 #[derive(Debug)]
-pub enum ToWorker {
+pub enum ToChild {
     /// A ticket master for the ring. `retired`: since when it only
     /// decrypts; None for the one that issues tickets.
     Key {
@@ -26,6 +27,8 @@ pub enum ToWorker {
     Start,
     /// The answer to `ToSupervisor::Lookup`.
     Session { request: u64, data: Option<Secret> },
+    /// `gsmtpd queue flush`: try every queued message now.
+    Flush,
 }
 
 /// Worker to supervisor.
@@ -62,31 +65,35 @@ const RETIRE: u8 = 2;
 const DROP: u8 = 3;
 const START: u8 = 4;
 const SESSION: u8 = 5;
+const FLUSH: u8 = 6;
 const READY: u8 = 64;
 const STORE: u8 = 65;
 const REMOVE: u8 = 66;
 const LOOKUP: u8 = 67;
 
-impl ToWorker {
+impl ToChild {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
         match self {
-            ToWorker::Key {
+            ToChild::Key {
                 id,
                 created,
                 retired,
                 key,
             } => return key_packet(*id, *created, *retired, key),
-            ToWorker::Retire { id, at } => {
+            ToChild::Retire { id, at } => {
                 w.tag(RETIRE).u64(*id).u64(*at);
             }
-            ToWorker::Drop { id } => {
+            ToChild::Drop { id } => {
                 w.tag(DROP).u64(*id);
             }
-            ToWorker::Start => {
+            ToChild::Start => {
                 w.tag(START);
             }
-            ToWorker::Session { request, data } => {
+            ToChild::Flush => {
+                w.tag(FLUSH);
+            }
+            ToChild::Session { request, data } => {
                 w.tag(SESSION).u64(*request);
                 match data {
                     Some(d) => w.u8(1).bytes(&d.0),
@@ -97,7 +104,7 @@ impl ToWorker {
         w.0
     }
 
-    pub fn decode(packet: &[u8]) -> Result<ToWorker, Malformed> {
+    pub fn decode(packet: &[u8]) -> Result<ToChild, Malformed> {
         let mut r = Reader(packet);
         let msg = match r.u8()? {
             KEY => {
@@ -107,19 +114,20 @@ impl ToWorker {
                     return Err(Malformed("ticket master of the wrong size"));
                 }
                 let key = MasterKey::from_slice(bytes).ok_or(Malformed("ticket master"))?;
-                ToWorker::Key {
+                ToChild::Key {
                     id,
                     created,
                     retired,
                     key,
                 }
             }
-            RETIRE => ToWorker::Retire {
+            RETIRE => ToChild::Retire {
                 id: r.u64()?,
                 at: r.u64()?,
             },
-            DROP => ToWorker::Drop { id: r.u64()? },
-            START => ToWorker::Start,
+            DROP => ToChild::Drop { id: r.u64()? },
+            START => ToChild::Start,
+            FLUSH => ToChild::Flush,
             SESSION => {
                 let request = r.u64()?;
                 let data = match r.u8()? {
@@ -127,7 +135,7 @@ impl ToWorker {
                     1 => Some(Secret(r.bytes()?.to_vec())),
                     _ => return Err(Malformed("session flag")),
                 };
-                ToWorker::Session { request, data }
+                ToChild::Session { request, data }
             }
             _ => return Err(Malformed("unknown message to a worker")),
         };
@@ -136,7 +144,7 @@ impl ToWorker {
     }
 }
 
-/// The packet of a `ToWorker::Key`, from a master the sender keeps.
+/// The packet of a `ToChild::Key`, from a master the sender keeps.
 pub fn key_packet(id: u64, created: u64, retired: Option<u64>, key: &MasterKey) -> Vec<u8> {
     let mut w = Writer::default();
     w.tag(KEY).u64(id).u64(created).opt_u64(retired);
@@ -293,33 +301,34 @@ mod tests {
     #[test]
     fn worker_messages_round_trip() {
         let msgs = [
-            ToWorker::Key {
+            ToChild::Key {
                 id: 7,
                 created: 1_700_000_000,
                 retired: Some(1_700_021_600),
                 key: key(9),
             },
-            ToWorker::Key {
+            ToChild::Key {
                 id: 8,
                 created: 1,
                 retired: None,
                 key: key(1),
             },
-            ToWorker::Retire { id: 7, at: 5 },
-            ToWorker::Drop { id: 7 },
-            ToWorker::Start,
-            ToWorker::Session {
+            ToChild::Retire { id: 7, at: 5 },
+            ToChild::Drop { id: 7 },
+            ToChild::Start,
+            ToChild::Flush,
+            ToChild::Session {
                 request: 3,
                 data: Some(Secret(vec![1, 2, 3])),
             },
-            ToWorker::Session {
+            ToChild::Session {
                 request: 4,
                 data: None,
             },
         ];
         for msg in msgs {
             let packet = msg.encode();
-            let back = ToWorker::decode(&packet).unwrap();
+            let back = ToChild::decode(&packet).unwrap();
             // MasterKey has no PartialEq (it is compared by what it is
             // used for); compare the encodings instead.
             assert_eq!(back.encode(), packet, "{msg:?}");
@@ -369,7 +378,7 @@ mod tests {
             w.tag(KEY).u64(1).u64(1).opt_u64(None).bytes(&[0; 63]);
             w.0
         };
-        assert!(ToWorker::decode(&short_key).is_err());
-        assert!(ToWorker::decode(&[]).is_err());
+        assert!(ToChild::decode(&short_key).is_err());
+        assert!(ToChild::decode(&[]).is_err());
     }
 }

@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use nix::errno::Errno;
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType};
 
-pub use message::{Malformed, Secret, ToSupervisor, ToWorker};
+pub use message::{Malformed, Secret, ToChild, ToSupervisor};
 
 use crate::tls::ticket_keys::wipe;
 

@@ -14,6 +14,7 @@
 //!
 //! A message whose recipients are all delivered or failed is removed.
 
+pub mod cli;
 pub mod journal;
 
 use std::fs;

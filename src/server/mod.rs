@@ -24,7 +24,7 @@ use nix::sys::signal::Signal;
 
 use crate::config::{Config, Timeouts};
 use crate::conn_limits::ConnCounts;
-use crate::control::{Channel, ToSupervisor, ToWorker};
+use crate::control::{Channel, ToChild, ToSupervisor};
 use crate::hostlist::HostList;
 use crate::queue::QueueDir;
 use crate::signals::Signals;
@@ -285,7 +285,7 @@ impl Server {
             if control.flush().is_err() {
                 return self.supervisor_gone();
             }
-            match control.recv(ToWorker::decode) {
+            match control.recv(ToChild::decode) {
                 Ok(None) => return,
                 Ok(Some(Ok(msg))) => self.on_message(msg),
                 Ok(Some(Err(e))) => log::error!("from the supervisor: {e}"),
@@ -294,9 +294,9 @@ impl Server {
         }
     }
 
-    fn on_message(&mut self, msg: ToWorker) {
+    fn on_message(&mut self, msg: ToChild) {
         match msg {
-            ToWorker::Key {
+            ToChild::Key {
                 id,
                 created,
                 retired,
@@ -307,18 +307,20 @@ impl Server {
                     log::debug!("ticket key {} received", ring.fingerprint(id));
                 }
             }
-            ToWorker::Retire { id, at } => {
+            ToChild::Retire { id, at } => {
                 if let Some(ring) = self.shared.tls.ring() {
                     ring.retire(id, at);
                 }
             }
-            ToWorker::Drop { id } => {
+            ToChild::Drop { id } => {
                 if let Some(ring) = self.shared.tls.ring() {
                     ring.remove(id);
                 }
             }
-            ToWorker::Start => self.start_serving(),
-            ToWorker::Session { request, data } => {
+            ToChild::Start => self.start_serving(),
+            // For the delivery process.
+            ToChild::Flush => {}
+            ToChild::Session { request, data } => {
                 if let Some(key) = self.shared.lookups.answered(request) {
                     let data = data.map(|mut secret| std::mem::take(&mut secret.0));
                     self.on_session(key, data);

@@ -11,7 +11,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-use crate::control::ToWorker;
+use crate::control::ToChild;
 use crate::control::message::key_packet;
 use crate::ticket_key_file;
 use crate::tls::TlsError;
@@ -333,14 +333,14 @@ impl Keys {
                             "ticket key {} retired: decrypts its tickets until they expire",
                             self.ring.fingerprint(id)
                         );
-                        packets.push(ToWorker::Retire { id, at }.encode());
+                        packets.push(ToChild::Retire { id, at }.encode());
                     }
                 }
                 Change::Drop { id, why } => {
                     let fingerprint = self.ring.fingerprint(id).to_string();
                     if self.ring.remove(id) {
                         log::info!("ticket key {fingerprint} dropped: {why}");
-                        packets.push(ToWorker::Drop { id }.encode());
+                        packets.push(ToChild::Drop { id }.encode());
                     }
                 }
             }
@@ -416,15 +416,15 @@ mod tests {
         let (generate, _) = counting_generator();
         let mut keys = Keys::rotating(10, 100, 0, generate).unwrap();
         keys.tick(10);
-        let snapshot: Vec<ToWorker> = keys
+        let snapshot: Vec<ToChild> = keys
             .snapshot()
             .iter()
-            .map(|p| ToWorker::decode(p).unwrap())
+            .map(|p| ToChild::decode(p).unwrap())
             .collect();
         assert_eq!(snapshot.len(), 2);
         assert!(matches!(
             snapshot[0],
-            ToWorker::Key {
+            ToChild::Key {
                 created: 0,
                 retired: Some(10),
                 ..
@@ -432,7 +432,7 @@ mod tests {
         ));
         assert!(matches!(
             snapshot[1],
-            ToWorker::Key {
+            ToChild::Key {
                 created: 10,
                 retired: None,
                 ..
@@ -468,13 +468,13 @@ mod tests {
         // The operator rotated: a new first line, the oldest dropped.
         write_key_file(&path, &[(1_100, 3), (500, 2)]);
         let packets = keys.tick(1_101);
-        let msgs: Vec<ToWorker> = packets
+        let msgs: Vec<ToChild> = packets
             .iter()
-            .map(|p| ToWorker::decode(p).unwrap())
+            .map(|p| ToChild::decode(p).unwrap())
             .collect();
-        assert!(matches!(msgs[0], ToWorker::Key { retired: None, .. }));
-        assert!(matches!(msgs[1], ToWorker::Retire { .. }));
-        assert!(matches!(msgs[2], ToWorker::Drop { .. }));
+        assert!(matches!(msgs[0], ToChild::Key { retired: None, .. }));
+        assert!(matches!(msgs[1], ToChild::Retire { .. }));
+        assert!(matches!(msgs[2], ToChild::Drop { .. }));
         assert_eq!(keys.held(), vec![(500, Some(1_101)), (1_100, None)]);
 
         // A broken replacement keeps what we have.

@@ -34,7 +34,7 @@ use nix::unistd::Pid;
 use crate::clock::unix_secs;
 use crate::config::Config;
 use crate::conn_limits::ConnCounts;
-use crate::control::{Channel, Secret, ToSupervisor, ToWorker};
+use crate::control::{Channel, Secret, ToChild, ToSupervisor};
 use crate::os::{self, Forked};
 use crate::queue::QueueDir;
 use crate::server::{Kind, Listener, Server, TlsContext, WorkerStart, bind_sets};
@@ -249,7 +249,7 @@ impl Supervisor {
         let (mut ours, theirs) =
             Channel::pair().map_err(|e| format!("a channel for worker {slot}: {e}"))?;
         let mut first = self.keys.as_ref().map(Keys::snapshot).unwrap_or_default();
-        first.push(ToWorker::Start.encode());
+        first.push(ToChild::Start.encode());
         for packet in first {
             ours.send(packet)
                 .map_err(|e| format!("starting worker {slot}: {e}"))?;
@@ -436,7 +436,7 @@ impl Supervisor {
                 .and_then(|c| c.retrieve(&id, now))
                 .map(Secret);
             if let Some(channel) = self.slots[i].channel.as_mut() {
-                let _ = channel.send(ToWorker::Session { request, data }.encode());
+                let _ = channel.send(ToChild::Session { request, data }.encode());
             }
         }
         if self.sessions.as_ref().is_some_and(|c| c.pending() > 0) {

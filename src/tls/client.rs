@@ -1,7 +1,6 @@
 //! A GnuTLS client session over the same in-memory transport as the
-//! server's. gsmtpd never acts as a client; this exists so the in-process
-//! benchmark (benches/limit.rs) can pair GnuTLS with itself and measure the
-//! least a GnuTLS server handshake costs.
+//! server's: the delivery process's TLS toward next hops (STARTTLS or
+//! implicit TLS), and the other half of the in-process benchmark.
 
 use std::ffi::CString;
 use std::ops::{Deref, DerefMut};
@@ -13,41 +12,74 @@ use super::session::Endpoint;
 use super::{Priority, TlsError, free_datum};
 use crate::ffi;
 
+/// Everything a client session is set up with.
+pub struct ClientSetup<'a> {
+    pub credentials: &'a Rc<Credentials>,
+    pub priority: &'a Rc<Priority>,
+    /// Sent as SNI: the name of the host we connect to (none for an
+    /// address literal).
+    pub server_name: Option<&'a str>,
+    /// Verify the server's chain against the credentials' trust anchors
+    /// and its certificate against this host name, failing the handshake
+    /// otherwise. None: opportunistic TLS, nothing verified.
+    pub verify_name: Option<&'a str>,
+    /// Ask for a stapled OCSP response.
+    pub ocsp: bool,
+    /// Session data of an earlier connection to resume (its ticket or ID).
+    pub resume: Option<&'a [u8]>,
+}
+
 pub struct ClientSession {
     ep: Endpoint,
     _credentials: Rc<Credentials>,
     _priority: Rc<Priority>,
+    /// GnuTLS keeps a pointer to the name it verifies against, not a copy.
+    _verify_name: Option<CString>,
 }
 
 impl ClientSession {
-    /// A client for `server_name` that does not verify the server (the
-    /// benchmark pairs it with a known server); `resume` is session data
-    /// from an earlier connection's `session_data`.
-    pub fn new(
-        credentials: &Rc<Credentials>,
-        priority: &Rc<Priority>,
-        server_name: &str,
-        resume: Option<&[u8]>,
-    ) -> Result<ClientSession, TlsError> {
+    pub fn new(setup: ClientSetup<'_>) -> Result<ClientSession, TlsError> {
+        let verify_name = setup
+            .verify_name
+            .map(|name| c_string(name, "host name"))
+            .transpose()?;
         let session = ClientSession {
-            ep: Endpoint::new(ffi::GNUTLS_CLIENT, credentials, priority)?,
-            _credentials: Rc::clone(credentials),
-            _priority: Rc::clone(priority),
+            ep: Endpoint::new(ffi::GNUTLS_CLIENT, setup.credentials, setup.priority)?,
+            _credentials: Rc::clone(setup.credentials),
+            _priority: Rc::clone(setup.priority),
+            _verify_name: verify_name,
         };
-        let name = CString::new(server_name).map_err(|_| {
-            TlsError::new(ffi::GNUTLS_E_INVALID_REQUEST, "server name contains NUL")
-        })?;
-        // SAFETY: the session is live; GnuTLS copies the name.
-        let rc = unsafe {
-            ffi::gnutls_server_name_set(
-                session.ep.raw,
-                ffi::GNUTLS_NAME_DNS,
-                name.as_ptr() as *const c_void,
-                server_name.len(),
-            )
-        };
-        TlsError::check(rc, "gnutls_server_name_set")?;
-        if let Some(data) = resume {
+        if let Some(name) = setup.server_name {
+            let c_name = c_string(name, "server name")?;
+            // SAFETY: the session is live; GnuTLS copies the name.
+            let rc = unsafe {
+                ffi::gnutls_server_name_set(
+                    session.ep.raw,
+                    ffi::GNUTLS_NAME_DNS,
+                    c_name.as_ptr() as *const c_void,
+                    name.len(),
+                )
+            };
+            TlsError::check(rc, "gnutls_server_name_set")?;
+        }
+        if let Some(name) = &session._verify_name {
+            // SAFETY: the session is live; the name lives in the session
+            // value, as long as GnuTLS may read it.
+            unsafe { ffi::gnutls_session_set_verify_cert(session.ep.raw, name.as_ptr(), 0) };
+        }
+        if setup.ocsp {
+            // SAFETY: the session is live; no responder IDs or extensions.
+            let rc = unsafe {
+                ffi::gnutls_ocsp_status_request_enable_client(
+                    session.ep.raw,
+                    std::ptr::null_mut(),
+                    0,
+                    std::ptr::null_mut(),
+                )
+            };
+            TlsError::check(rc, "gnutls_ocsp_status_request_enable_client")?;
+        }
+        if let Some(data) = setup.resume {
             // SAFETY: data is readable for its length; GnuTLS copies it.
             let rc = unsafe {
                 ffi::gnutls_session_set_data(
@@ -80,6 +112,55 @@ impl ClientSession {
         free_datum(d, true);
         Ok(bytes)
     }
+
+    /// The server stapled an OCSP response that GnuTLS checked and found
+    /// valid for its certificate (after a handshake with `ocsp`).
+    pub fn ocsp_checked(&self) -> bool {
+        // SAFETY: the session is live.
+        unsafe { ffi::gnutls_ocsp_status_request_is_checked(self.ep.raw, 0) != 0 }
+    }
+
+    /// Why verification failed, in GnuTLS's words, after a handshake
+    /// that failed with GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR.
+    pub fn verify_failure(&self) -> Option<String> {
+        // SAFETY: the session is live.
+        let status = unsafe { ffi::gnutls_session_get_verify_cert_status(self.ep.raw) };
+        if status == 0 {
+            return None;
+        }
+        let mut out = ffi::gnutls_datum_t {
+            data: std::ptr::null_mut(),
+            size: 0,
+        };
+        // SAFETY: out receives a gnutls_malloc'd string.
+        let rc = unsafe {
+            ffi::gnutls_certificate_verification_status_print(
+                status,
+                ffi::GNUTLS_CRT_X509,
+                &mut out,
+                0,
+            )
+        };
+        if rc < 0 || out.data.is_null() {
+            return Some(format!("verification status {status:#x}"));
+        }
+        // SAFETY: GnuTLS filled out.size bytes at out.data.
+        let text = unsafe { std::slice::from_raw_parts(out.data, out.size as usize) };
+        let text = String::from_utf8_lossy(text)
+            .trim_end_matches('\0')
+            .to_string();
+        free_datum(out, false);
+        Some(text)
+    }
+}
+
+fn c_string(text: &str, what: &str) -> Result<CString, TlsError> {
+    CString::new(text).map_err(|_| {
+        TlsError::new(
+            ffi::GNUTLS_E_INVALID_REQUEST,
+            format!("{what} contains NUL"),
+        )
+    })
 }
 
 impl Deref for ClientSession {

@@ -6,9 +6,10 @@ use std::ptr;
 use super::TlsError;
 use crate::ffi;
 
-/// Server certificate credentials: one or more certificate chains with
-/// their keys, among which GnuTLS picks by SNI and signature algorithms.
-/// Read-only once sessions use them, so a reload builds a new value.
+/// Certificate credentials. A server's: one or more certificate chains with
+/// their keys, among which GnuTLS picks by SNI and signature algorithms. A
+/// client's: the trust anchors it verifies servers against. Read-only once
+/// sessions use them, so a reload builds a new value.
 pub struct Credentials {
     raw: ffi::gnutls_certificate_credentials_t,
 }
@@ -78,6 +79,38 @@ impl Credentials {
             )
         };
         TlsError::check(rc, "loading the previous OCSP response").map(|_| ())
+    }
+
+    /// Trust anchors for verifying servers when sending: the CA
+    /// certificates in the PEM `file`, or, without one, the system's trust
+    /// store (Debian's ca-certificates). Returns how many were loaded; none
+    /// at all is an error, since `verify` could then never succeed.
+    pub fn trust(&mut self, file: Option<&Path>) -> Result<u32, TlsError> {
+        let rc = match file {
+            Some(path) => {
+                let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+                    TlsError::new(ffi::GNUTLS_E_INVALID_REQUEST, "CA file name contains NUL")
+                })?;
+                // SAFETY: c_path is NUL-terminated and outlives the call.
+                unsafe {
+                    ffi::gnutls_certificate_set_x509_trust_file(
+                        self.raw,
+                        c_path.as_ptr(),
+                        ffi::GNUTLS_X509_FMT_PEM,
+                    )
+                }
+            }
+            // SAFETY: raw is a live credentials structure.
+            None => unsafe { ffi::gnutls_certificate_set_x509_system_trust(self.raw) },
+        };
+        let loaded = TlsError::check(rc, "loading trust anchors")?;
+        if loaded == 0 {
+            return Err(TlsError::new(
+                ffi::GNUTLS_E_NO_CERTIFICATE_FOUND,
+                "no trust anchor found",
+            ));
+        }
+        Ok(loaded as u32)
     }
 
     pub(super) fn raw(&self) -> ffi::gnutls_certificate_credentials_t {

@@ -19,7 +19,7 @@ use std::ffi::CStr;
 
 use crate::ffi;
 
-pub use client::ClientSession;
+pub use client::{ClientSession, ClientSetup};
 pub use credentials::Credentials;
 pub use error::TlsError;
 pub use priority::Priority;

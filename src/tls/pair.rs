@@ -57,7 +57,9 @@ mod tests {
     use crate::tls::client_hello::{self, Parse};
     use crate::tls::session_db::{CacheOp, SessionDb};
     use crate::tls::ticket_keys::{self, MasterKey};
-    use crate::tls::{ClientSession, Credentials, Priority, ServerSession, SessionSetup, x509};
+    use crate::tls::{
+        ClientSession, ClientSetup, Credentials, Priority, ServerSession, SessionSetup, x509,
+    };
 
     struct Side {
         server_creds: Rc<Credentials>,
@@ -100,8 +102,15 @@ mod tests {
         let mut resume = None;
         let mut resumed = Vec::new();
         for _ in 0..2 {
-            let mut client =
-                ClientSession::new(&s.client_creds, &prio, "localhost", resume.as_deref()).unwrap();
+            let mut client = ClientSession::new(ClientSetup {
+                credentials: &s.client_creds,
+                priority: &prio,
+                server_name: Some("localhost"),
+                verify_name: None,
+                ocsp: false,
+                resume: resume.as_deref(),
+            })
+            .unwrap();
             client.handshake().unwrap();
             let Parse::Complete(hello) = client_hello::parse(client.pending_output()) else {
                 panic!("no ClientHello");
@@ -156,7 +165,15 @@ mod tests {
                 lifetime: 600,
             };
             let mut server = ServerSession::new(setup).unwrap();
-            let mut client = ClientSession::new(&s.client_creds, &prio, "localhost", None).unwrap();
+            let mut client = ClientSession::new(ClientSetup {
+                credentials: &s.client_creds,
+                priority: &prio,
+                server_name: Some("localhost"),
+                verify_name: None,
+                ocsp: false,
+                resume: None,
+            })
+            .unwrap();
             handshake(&mut client, &mut server).unwrap();
             let now = crate::clock::unix_secs();
             let expected = s.key.key_name(ticket_keys::period(now, 600));
@@ -215,6 +232,63 @@ mod tests {
         assert_eq!(s.cache.borrow_mut().len(), 1, "the session-ID path caches");
     }
 
+    /// A client verifying a self-signed server against that certificate as
+    /// its trust anchor: the right name passes, another name or no anchor
+    /// fails the handshake, and the failure says why.
+    #[test]
+    fn a_client_verifies_the_chain_and_the_name() {
+        crate::tls::init().unwrap();
+        let dir = TempDir::new("verify");
+        let pem = x509::self_signed("mx.example", crate::clock::unix_secs() as i64, 2).unwrap();
+        let mut server_creds = Credentials::new().unwrap();
+        server_creds.add_pem(&pem.certificate, &pem.key).unwrap();
+        let server_creds = Rc::new(server_creds);
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, &pem.certificate).unwrap();
+        let mut trusting = Credentials::new().unwrap();
+        assert_eq!(trusting.trust(Some(&ca)).unwrap(), 1);
+        let trusting = Rc::new(trusting);
+        let prio = Rc::new(Priority::new("NORMAL").unwrap());
+        let attempt = |client_creds: &Rc<Credentials>, name: &str| {
+            let setup = SessionSetup {
+                credentials: &server_creds,
+                priority: &prio,
+                ticket_key: None,
+                no_new_tickets: false,
+                cache: None,
+                lifetime: 600,
+            };
+            let mut server = ServerSession::new(setup).unwrap();
+            let mut client = ClientSession::new(ClientSetup {
+                credentials: client_creds,
+                priority: &prio,
+                server_name: Some(name),
+                verify_name: Some(name),
+                ocsp: true,
+                resume: None,
+            })
+            .unwrap();
+            let result = handshake(&mut client, &mut server);
+            (
+                result.is_ok(),
+                client.verify_failure(),
+                client.ocsp_checked(),
+            )
+        };
+        assert_eq!(attempt(&trusting, "mx.example"), (true, None, false));
+        let (ok, why, _) = attempt(&trusting, "other.example");
+        assert!(!ok);
+        let why = why.unwrap();
+        assert!(why.contains("name in the certificate"), "{why}");
+        let (ok, why, _) = attempt(&Rc::new(Credentials::new().unwrap()), "mx.example");
+        assert!(!ok && why.is_some(), "no anchor: not trusted");
+        let err = Credentials::new()
+            .unwrap()
+            .trust(Some(&dir.path().join("missing.pem")))
+            .unwrap_err();
+        assert!(err.code < 0);
+    }
+
     /// A fresh client and server, handshake done, no session cache.
     fn connected(
         s: &Side,
@@ -231,7 +305,15 @@ mod tests {
             lifetime: 600,
         };
         let mut server = ServerSession::new(setup).unwrap();
-        let mut client = ClientSession::new(&s.client_creds, &prio, "localhost", None).unwrap();
+        let mut client = ClientSession::new(ClientSetup {
+            credentials: &s.client_creds,
+            priority: &prio,
+            server_name: Some("localhost"),
+            verify_name: None,
+            ocsp: false,
+            resume: None,
+        })
+        .unwrap();
         handshake(&mut client, &mut server).unwrap();
         (client, server)
     }
