@@ -36,6 +36,7 @@ use crate::config::Config;
 use crate::conn_limits::ConnCounts;
 use crate::control::{Channel, Secret, ToChild, ToSupervisor};
 use crate::os::{self, Forked};
+use crate::pid_file::PidFile;
 use crate::queue::QueueDir;
 use crate::server::{Kind, Listener, Server, TlsContext, WorkerStart, bind_sets};
 use crate::session_cache::{CacheConfig, SessionCache};
@@ -109,6 +110,9 @@ struct Supervisor {
     phase: Phase,
     /// Why the start failed, once a worker died before listening.
     failed: Option<String>,
+    /// Held (locked) for as long as this server runs on its state
+    /// directory.
+    _pid_file: PidFile,
 }
 
 impl Supervisor {
@@ -120,6 +124,9 @@ impl Supervisor {
                 config.state_dir.display()
             )
         })?;
+        // First: a second server on this state directory stops here, not
+        // at its listeners.
+        let pid_file = PidFile::acquire(&config.state_dir)?;
         let mut tls = TlsContext::load(config)?;
         let wanted: Vec<(std::net::SocketAddr, Kind)> = config
             .listen
@@ -185,6 +192,7 @@ impl Supervisor {
             slots: (0..config.workers).map(|_| Slot::default()).collect(),
             phase: Phase::Starting,
             failed: None,
+            _pid_file: pid_file,
         };
         for slot in 0..config.workers {
             supervisor.spawn(slot)?;
