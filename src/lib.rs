@@ -17,6 +17,7 @@ pub mod logging;
 pub mod os;
 pub mod privileges;
 pub mod received;
+pub mod routing;
 pub mod sd_notify;
 pub mod server;
 pub mod session_cache;
