@@ -22,6 +22,8 @@
 //! brackets: an MX lookup of an address would mean nothing, and a bare
 //! IPv6 address cannot be told from `HOST:PORT`.
 
+#![forbid(unsafe_code)]
+
 use std::net::IpAddr;
 
 /// Which recipient domains a route or TLS policy applies to.

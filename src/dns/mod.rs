@@ -57,6 +57,8 @@
 //! makes it take a mutex: it starts threads only for an event thread or
 //! `ares_reinit`, and neither is used here.
 
+#![forbid(unsafe_code)]
+
 mod lookup;
 #[cfg(test)]
 mod tests;
