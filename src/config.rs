@@ -10,6 +10,7 @@ use getopts::{Matches, Options};
 
 use crate::hostlist::HostList;
 use crate::privileges::Account;
+use crate::routing::{Route, TlsPolicy};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:2525";
 /// Server precedence: the server's order of suites (AEAD first) decides, not a
@@ -95,6 +96,10 @@ pub struct Config {
 /// How mail for other domains is sent onward.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sending {
+    /// `--route`, in order: the first whose pattern matches decides.
+    pub routes: Vec<Route>,
+    /// `--tls-policy`, in order; `may` where none matches.
+    pub tls_policies: Vec<TlsPolicy>,
     /// Trust anchors for `verify`; None: the system's store.
     pub ca_file: Option<PathBuf>,
     /// Resolvers for MX/A/AAAA; empty: those of /etc/resolv.conf.
@@ -241,6 +246,18 @@ fn options() -> Options {
         "relay-from",
         "clients (addresses/CIDRs, comma list) that may send to any domain (default: none)",
         "LIST",
+    );
+    o.optmulti(
+        "",
+        "route",
+        "where mail for matching domains goes: PATTERN=[HOST]:PORT, HOST (MX), smtps:... (default: MX)",
+        "PATTERN=NEXTHOP",
+    );
+    o.optmulti(
+        "",
+        "tls-policy",
+        "TLS toward matching next hops: PATTERN=none|may|encrypt|verify[+ocsp] (default *=may)",
+        "PATTERN=LEVEL",
     );
     o.optopt(
         "",
@@ -494,12 +511,10 @@ fn build(m: &Matches) -> Result<Config, UsageError> {
     let relay_from = HostList::parse(&m.opt_str("relay-from").unwrap_or_default())
         .map_err(|e| UsageError(format!("--relay-from: {e}")))?;
     let sending = Sending {
+        routes: each(m, "route", Route::parse)?,
+        tls_policies: each(m, "tls-policy", TlsPolicy::parse)?,
         ca_file: m.opt_str("ca-file").map(PathBuf::from),
-        dns_servers: m
-            .opt_strs("dns-server")
-            .iter()
-            .map(|s| dns_server(s))
-            .collect::<Result<_, _>>()?,
+        dns_servers: each(m, "dns-server", crate::dns::parse_server)?,
         retry_min: seconds(m, "retry-min", 300)?,
         retry_max: seconds(m, "retry-max", 4000)?,
         queue_lifetime: seconds(m, "queue-lifetime", 432_000)?,
@@ -547,19 +562,16 @@ fn build(m: &Matches) -> Result<Config, UsageError> {
     })
 }
 
-/// `ADDR` or `ADDR:PORT` (`[v6]:PORT` for IPv6 with a port); port 53 by
-/// default.
-fn dns_server(text: &str) -> Result<SocketAddr, UsageError> {
-    let bad = || {
-        UsageError(format!(
-            "--dns-server: '{text}' is not an address (for example 127.0.0.1 or 127.0.0.1:5353)"
-        ))
-    };
-    if let Ok(addr) = SocketAddr::from_str(text) {
-        return Ok(addr);
-    }
-    let ip: std::net::IpAddr = text.parse().map_err(|_| bad())?;
-    Ok(SocketAddr::new(ip, 53))
+/// Every value of a repeatable flag, parsed; an error names the flag.
+fn each<T>(
+    m: &Matches,
+    flag: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, UsageError> {
+    m.opt_strs(flag)
+        .iter()
+        .map(|s| parse(s).map_err(|e| UsageError(format!("--{flag}: {e}"))))
+        .collect()
 }
 
 fn addresses(m: &Matches, flag: &str) -> Result<Vec<SocketAddr>, UsageError> {
@@ -764,6 +776,19 @@ mod tests {
             ]
         );
         assert!(error(&["--dns-server", "ns.example"]).starts_with("--dns-server:"));
+        let c = run(&[
+            "--route",
+            ".example=[127.0.0.1]:2525",
+            "--route",
+            "*=smtps:relay.example",
+            "--tls-policy",
+            ".example=verify+ocsp",
+        ])
+        .unwrap();
+        assert_eq!(c.sending.routes.len(), 2);
+        assert_eq!(c.sending.tls_policies.len(), 1);
+        assert!(error(&["--route", "nonsense"]).starts_with("--route:"));
+        assert!(error(&["--tls-policy", "*=maybe"]).starts_with("--tls-policy:"));
         assert!(error(&["--relay-from", "x"]).starts_with("--relay-from:"));
         assert!(error(&["--retry-min", "10", "--retry-max", "5"]).starts_with("--retry-max:"));
     }
@@ -980,6 +1005,10 @@ mod tests {
             "k",
             "--relay-from",
             "127.0.0.1",
+            "--route",
+            "*=[127.0.0.1]:25",
+            "--tls-policy",
+            "*=may",
             "--ca-file",
             "ca",
             "--dns-server",
