@@ -365,3 +365,21 @@ fn prlimit(pid: u32, nofile: usize) {
         .unwrap();
     assert!(status.success());
 }
+
+/// Two servers on one state directory would share its queue and session
+/// cache: the second is refused, naming the first.
+#[test]
+fn a_second_server_on_the_same_state_directory_is_refused() {
+    let server = Server::start();
+    let out = Command::new(env!("CARGO_BIN_EXE_gsmtpd"))
+        .args(["--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(&server.state)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("another gsmtpd (pid {})", server.child.id())),
+        "{err}"
+    );
+}
