@@ -12,11 +12,13 @@
 //! session, and its cleartext `421` after our close_notify is read and
 //! dropped (counted as `cleartext_after_close`), not taken for a TLS error.
 //!
-//! With `--server-pid`, the server's CPU time (its own and that of the
-//! children it has reaped) is read before and after the measured
-//! connections, each time once the server has no child process left (an
-//! Exim daemon forks one per connection), so the figure per connection is
-//! the whole cost of a connection for a forking server too.
+//! With `--server-pid`, the CPU time of the server and of every process
+//! descended from it (alive, or reaped: see `common::ProcTree`) is read
+//! before and after the measured connections, each time once the processes
+//! the server started while the load generator ran are gone (an Exim daemon
+//! forks one per connection; gsmtpd's supervisor has long-lived workers), so
+//! the figure per connection is the whole cost of a connection for a
+//! server of several processes, forking or pre-forked, too.
 //!
 //! Only loopback targets are accepted: an IP literal in 127.0.0.0/8 or ::1,
 //! or `localhost` (taken as 127.0.0.1 without any name lookup).
@@ -24,8 +26,9 @@
 //! Run `loadgen --help` for the flags.
 mod common;
 
-use common::{child_count, cpu_ticks, json_str, load_roots, loopback_target, num, percentile_ms};
+use common::{ProcId, ProcTree, json_str, load_roots, loopback_target, num, percentile_ms};
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Read, Write};
@@ -47,9 +50,9 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const SESSION_CACHE: usize = 32;
 /// A reply longer than this is a protocol error.
 const MAX_REPLY: usize = 64 * 1024;
-/// Before each CPU reading: how long to wait at most for the server's
-/// children to be reaped, how often to look, and a pause after that for
-/// the server to finish with the last connections.
+/// Before each CPU reading: how long to wait at most for the processes the
+/// server started during the run to be reaped, how often to look, and a
+/// pause after that for the server to finish with the last connections.
 const SETTLE_MAX: Duration = Duration::from_secs(10);
 const SETTLE_POLL: Duration = Duration::from_millis(10);
 const SETTLE_PAUSE: Duration = Duration::from_millis(100);
@@ -179,7 +182,7 @@ const FLAGS: [(&str, &str, &str); 19] = [
     (
         "server-pid",
         "PID",
-        "report this process's CPU per connection",
+        "report the CPU per connection of this process and its descendants",
     ),
     ("json", "FILE", "also write the results as JSON here"),
 ];
@@ -612,8 +615,12 @@ struct Report {
     msg_rate: f64,
     cpu_us_per_conn: Option<f64>,
     cpu_us_per_msg: Option<f64>,
-    /// Whether the server had no child process left at both CPU readings.
+    /// Whether, at both CPU readings, no process that the server started
+    /// while the load generator ran was left (see `settle`).
     settled: bool,
+    /// Processes counted at the second reading: the server and its
+    /// descendants (0 without --server-pid).
+    processes: usize,
 }
 
 impl Opts {
@@ -725,6 +732,7 @@ fn json_doc(o: &Opts, t: &Tally, r: &Report) -> String {
             "server_settled",
             (o.server_pid.is_some() && r.settled).to_string(),
         ),
+        ("server_processes", r.processes.to_string()),
     ];
     let body: Vec<String> = fields
         .iter()
@@ -733,32 +741,51 @@ fn json_doc(o: &Opts, t: &Tally, r: &Report) -> String {
     format!("{{\n{}\n}}\n", body.join(",\n"))
 }
 
-/// Waits until the server has no child process left (so every child that
-/// served a connection is reaped and in its cutime/cstime), then a short
-/// pause; returns false if children were still there after SETTLE_MAX.
-fn settle(pid: u32) -> bool {
+/// Waits until the server's tree holds no process that was not in `base`,
+/// the descendants it had when the load generator started, then pauses
+/// briefly and reads the tree's CPU; the bool is false if new processes
+/// were still there (alive or zombie) after SETTLE_MAX.
+///
+/// The rule is about what the run made, not about children in general:
+/// a process started during the run (Exim's child per connection) may
+/// still be working on one of our connections, and its exit, which costs
+/// CPU too, is the connection's; only once it is reaped is all of that in
+/// the reading. Processes that were there before the first connection
+/// (gsmtpd's workers; an Exim daemon has none when idle) live as long as
+/// the server and are read where they are, alive: waiting for them to go,
+/// as "no child left" did, would wait forever. A process of `base` that
+/// ends during the run is counted right as well (see `ProcTree`). A
+/// pre-forked server that replaces a worker during the run never settles:
+/// its figure would mix a crash into the run, which is reported unsettled.
+fn settle(pid: u32, base: &BTreeSet<ProcId>) -> (bool, Option<ProcTree>) {
     let deadline = Instant::now() + SETTLE_MAX;
     let settled = loop {
-        match child_count(pid) {
-            Some(0) => break true,
+        match ProcTree::read(pid) {
+            Some(t) if t.descendants.is_subset(base) => break true,
             None => break false,
             Some(_) if Instant::now() >= deadline => break false,
             Some(_) => thread::sleep(SETTLE_POLL),
         }
     };
     thread::sleep(SETTLE_PAUSE);
-    settled
+    (settled, ProcTree::read(pid))
 }
 
 fn run(o: &Opts) -> Result<bool, String> {
-    let roots = load_roots(&o.ca)?;
     ServerName::try_from(o.server_name.clone())
         .map_err(|e| format!("--server-name {:?}: {e}", o.server_name))?;
-    if let Some(pid) = o.server_pid {
-        cpu_ticks(pid).ok_or(format!("--server-pid {pid}: cannot read /proc/{pid}/stat"))?;
-    }
+    // The server's processes before our first connection.
+    let base = match o.server_pid {
+        Some(pid) => {
+            ProcTree::read(pid)
+                .ok_or(format!("--server-pid {pid}: cannot read /proc/{pid}/stat"))?
+                .descendants
+        }
+        None => BTreeSet::new(),
+    };
     let tck = clock_ticks_per_sec();
     // Configs are built before any connection, one per thread.
+    let roots = load_roots(&o.ca)?;
     let configs = (0..o.concurrency)
         .map(|_| client_config(o, &roots))
         .collect::<Result<Vec<_>, _>>()?;
@@ -769,6 +796,7 @@ fn run(o: &Opts) -> Result<bool, String> {
     };
     let n = o.concurrency as u64;
     let mut settled = true;
+    let mut processes = 0;
     let (warm, tally, secs, cpu) = thread::scope(|s| {
         let handles: Vec<_> = configs
             .into_iter()
@@ -781,8 +809,9 @@ fn run(o: &Opts) -> Result<bool, String> {
             .collect();
         sh.barrier.wait();
         let cpu0 = o.server_pid.and_then(|pid| {
-            settled &= settle(pid);
-            cpu_ticks(pid)
+            let (ok, tree) = settle(pid, &base);
+            settled &= ok;
+            tree.map(|t| t.ticks)
         });
         let start = *sh.start.get_or_init(Instant::now);
         sh.barrier.wait();
@@ -796,8 +825,10 @@ fn run(o: &Opts) -> Result<bool, String> {
             end = end.max(e);
         }
         let cpu1 = o.server_pid.and_then(|pid| {
-            settled &= settle(pid);
-            cpu_ticks(pid)
+            let (ok, tree) = settle(pid, &base);
+            settled &= ok;
+            processes = tree.as_ref().map_or(0, |t| 1 + t.descendants.len());
+            tree.map(|t| t.ticks)
         });
         let cpu = cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a));
         (warm, tally, (end - start).as_secs_f64(), cpu)
@@ -814,8 +845,9 @@ fn run(o: &Opts) -> Result<bool, String> {
     }
     if !settled {
         eprintln!(
-            "loadgen: the server still had child processes {}s after the run: \
-             its CPU figure misses theirs",
+            "loadgen: processes that the server started during the run were still \
+             there {}s after it (connection processes not reaped, or a worker \
+             replaced): its CPU figure is not the run's",
             SETTLE_MAX.as_secs()
         );
     }
@@ -837,6 +869,7 @@ fn run(o: &Opts) -> Result<bool, String> {
         cpu_us_per_conn: cpu_us.filter(|_| conns > 0).map(|us| us / conns as f64),
         cpu_us_per_msg: cpu_us.filter(|_| msgs > 0).map(|us| us / msgs as f64),
         settled,
+        processes,
     };
     println!("{}", text_line(o, &tally, &report));
     if let Some(path) = &o.json {

@@ -30,7 +30,7 @@
 //! Run `soak --help` for the flags; `scripts/soak` starts gsmtpd and runs it.
 mod common;
 
-use common::{cpu_ticks, json_str, load_roots, loopback_target, num, percentile_ms};
+use common::{ProcTree, json_str, load_roots, loopback_target, num, percentile_ms};
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs;
@@ -283,8 +283,9 @@ fn max_open_files(who: &str) -> Option<u64> {
 
 /// One reading: seconds since the start, the server's VmRSS, how many
 /// messages had been acknowledged by then, and, to tell a slow server from
-/// a slow disk or a busy machine, the server's CPU time so far and the
-/// machine's IO stall time so far (PSI, where the kernel has it).
+/// a slow disk or a busy machine, the CPU time so far of the server and
+/// its descendants and the machine's IO stall time so far (PSI, where the
+/// kernel has it).
 #[derive(Clone, Copy)]
 struct Sample {
     secs: f64,
@@ -335,7 +336,7 @@ impl Monitor {
                     secs: self.start.elapsed().as_secs_f64(),
                     rss_kib,
                     acked: self.acked.load(Ordering::Relaxed),
-                    server_cpu_ticks: cpu_ticks(self.pid),
+                    server_cpu_ticks: ProcTree::read(self.pid).map(|t| t.ticks),
                     io_some_us: io_pressure_some_us(),
                 }),
             None => self.lost.store(true, Ordering::Relaxed),
