@@ -20,6 +20,11 @@
 //! the figure per connection is the whole cost of a connection for a
 //! server of several processes, forking or pre-forked, too.
 //!
+//! `--mode tcp` makes bare TCP connections (connect, half-close, wait for
+//! the server to close) without TLS: against a sink that accepts, reads
+//! until EOF and closes (`limit --tcp-sink`), it measures the kernel's and
+//! a minimal server's share of a loopback connection.
+//!
 //! Only loopback targets are accepted: an IP literal in 127.0.0.0/8 or ::1,
 //! or `localhost` (taken as 127.0.0.1 without any name lookup).
 //!
@@ -61,6 +66,8 @@ const SETTLE_PAUSE: Duration = Duration::from_millis(100);
 enum Mode {
     Implicit,
     Starttls,
+    /// Bare TCP: connect, half-close, read until the server closes.
+    Tcp,
 }
 
 struct Opts {
@@ -72,7 +79,8 @@ struct Opts {
     tickets: bool,
     /// Without --resume: still ask for TLS 1.2 tickets.
     request_tickets: bool,
-    ca: String,
+    /// None in tcp mode only.
+    ca: Option<String>,
     server_name: String,
     concurrency: usize,
     count: u64,
@@ -139,7 +147,11 @@ fn tls_fail(e: rustls::Error) -> Failure {
 /// (flag, value hint or "" for a plain flag, help).
 const FLAGS: [(&str, &str, &str); 19] = [
     ("connect", "HOST:PORT", "target, loopback only"),
-    ("mode", "MODE", "implicit (default) or starttls"),
+    (
+        "mode",
+        "MODE",
+        "implicit (default), starttls, or tcp (no TLS: connect, half-close, wait for EOF)",
+    ),
     ("tls", "VER", "TLS version: 1.2 or 1.3 (default)"),
     ("resume", "", "resume sessions (cache shared per thread)"),
     (
@@ -152,7 +164,11 @@ const FLAGS: [(&str, &str, &str); 19] = [
         "",
         "without --resume: ask for TLS 1.2 tickets, never resume",
     ),
-    ("ca", "FILE", "PEM CA certificate(s) to verify the server"),
+    (
+        "ca",
+        "FILE",
+        "PEM CA certificate(s) to verify the server (not in tcp mode)",
+    ),
     ("server-name", "NAME", "name to verify (default localhost)"),
     ("concurrency", "N", "worker threads (default 2)"),
     ("count", "N", "measured connections (default 2000)"),
@@ -213,14 +229,21 @@ fn parse_args(args: &[String]) -> Result<Option<Opts>, String> {
     let mode = match m.opt_str("mode").as_deref() {
         None | Some("implicit") => Mode::Implicit,
         Some("starttls") => Mode::Starttls,
-        Some(x) => return Err(format!("--mode: {x:?} is not implicit or starttls")),
+        Some("tcp") => Mode::Tcp,
+        Some(x) => return Err(format!("--mode: {x:?} is not implicit, starttls or tcp")),
     };
     let tls13 = match m.opt_str("tls").as_deref() {
         None | Some("1.3") => true,
         Some("1.2") => false,
         Some(x) => return Err(format!("--tls: {x:?} is not 1.2 or 1.3")),
     };
-    let ca = m.opt_str("ca").ok_or("--ca is required")?;
+    let ca = m.opt_str("ca");
+    if ca.is_none() && mode != Mode::Tcp {
+        return Err("--ca is required".into());
+    }
+    if mode == Mode::Tcp && (m.opt_present("smtp") || m.opt_present("messages")) {
+        return Err("--mode tcp: no --smtp or --messages without TLS".into());
+    }
     let concurrency: usize = num(&m, "concurrency", 2)?;
     if !(1..=1024).contains(&concurrency) {
         return Err("--concurrency: must be 1..1024".into());
@@ -388,7 +411,7 @@ fn close(tls: &mut ClientConnection, sock: &mut TcpStream) -> Result<Closed, Fai
         let state = match tls.process_new_packets() {
             Ok(state) => state,
             Err(rustls::Error::InvalidMessage(InvalidMessage::InvalidContentType)) => {
-                drain(sock)?;
+                drain(sock, ErrKind::Tls)?;
                 return Ok(Closed::Cleartext);
             }
             Err(e) => return Err(tls_fail(e)),
@@ -407,31 +430,33 @@ fn close(tls: &mut ClientConnection, sock: &mut TcpStream) -> Result<Closed, Fai
     }
 }
 
-/// Reads and drops what the socket holds until EOF (or a reset).
-fn drain(sock: &mut TcpStream) -> Result<(), Failure> {
+/// Reads and drops what the socket holds until EOF (or a reset); a
+/// failure is of `kind` (or a timeout).
+fn drain(sock: &mut TcpStream, kind: ErrKind) -> Result<(), Failure> {
     let mut sink = [0u8; 4096];
     loop {
         match sock.read(&mut sink) {
             Ok(0) => return Ok(()),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
-            Err(e) => return Err(io_fail(e, ErrKind::Tls)),
+            Err(e) => return Err(io_fail(e, kind)),
         }
     }
 }
 
 /// What one connection did.
 struct Done {
-    /// Connect → handshake done, or → 221 to QUIT with `--smtp`.
+    /// Connect → handshake done, or → 221 to QUIT with `--smtp`, or (tcp
+    /// mode) → the server's close.
     latency: Duration,
     resumed: bool,
     closed: Closed,
 }
 
-/// One connection.
+/// One connection. `cfg` is None in tcp mode only.
 fn one_conn(
     o: &Opts,
-    cfg: &Arc<ClientConfig>,
+    cfg: Option<&Arc<ClientConfig>>,
     name: &ServerName<'static>,
     buf: &mut Vec<u8>,
 ) -> Result<Done, Failure> {
@@ -444,6 +469,18 @@ fn one_conn(
         .and_then(|_| sock.set_write_timeout(Some(IO_TIMEOUT)));
     setup.map_err(|e| io_fail(e, ErrKind::Connect))?;
     buf.clear();
+    let Some(cfg) = cfg.filter(|_| o.mode != Mode::Tcp) else {
+        // Nothing to say: half-close, then wait for the server's close, as
+        // a TLS connection ends after its close_notify.
+        sock.shutdown(Shutdown::Write)
+            .map_err(|e| io_fail(e, ErrKind::Connect))?;
+        drain(&mut sock, ErrKind::Connect)?;
+        return Ok(Done {
+            latency: t0.elapsed(),
+            resumed: false,
+            closed: Closed::Tls,
+        });
+    };
     if o.mode == Mode::Starttls {
         expect(&mut sock, buf, 220, "banner")?;
         send(&mut sock, b"EHLO loadgen.test\r\n")?;
@@ -573,19 +610,24 @@ struct Shared {
     issued: AtomicU64,
 }
 
-fn worker(o: &Opts, cfg: Arc<ClientConfig>, warmup: u64, sh: &Shared) -> (Tally, Tally, Instant) {
+fn worker(
+    o: &Opts,
+    cfg: Option<Arc<ClientConfig>>,
+    warmup: u64,
+    sh: &Shared,
+) -> (Tally, Tally, Instant) {
     let name = ServerName::try_from(o.server_name.clone()).expect("checked in main");
     let mut buf = Vec::with_capacity(4096);
     let mut warm = Tally::default();
     for _ in 0..warmup {
-        warm.record(one_conn(o, &cfg, &name, &mut buf));
+        warm.record(one_conn(o, cfg.as_ref(), &name, &mut buf));
     }
     sh.barrier.wait();
     sh.barrier.wait();
     let deadline = *sh.start.get().expect("set between the barriers") + o.duration;
     let mut tally = Tally::default();
     while Instant::now() < deadline && sh.issued.fetch_add(1, Ordering::Relaxed) < o.count {
-        tally.record(one_conn(o, &cfg, &name, &mut buf));
+        tally.record(one_conn(o, cfg.as_ref(), &name, &mut buf));
     }
     (warm, tally, Instant::now())
 }
@@ -625,10 +667,10 @@ struct Report {
 
 impl Opts {
     fn mode_name(&self) -> &'static str {
-        if self.mode == Mode::Implicit {
-            "implicit"
-        } else {
-            "starttls"
+        match self.mode {
+            Mode::Implicit => "implicit",
+            Mode::Starttls => "starttls",
+            Mode::Tcp => "tcp",
         }
     }
 
@@ -785,10 +827,15 @@ fn run(o: &Opts) -> Result<bool, String> {
     };
     let tck = clock_ticks_per_sec();
     // Configs are built before any connection, one per thread.
-    let roots = load_roots(&o.ca)?;
-    let configs = (0..o.concurrency)
-        .map(|_| client_config(o, &roots))
-        .collect::<Result<Vec<_>, _>>()?;
+    let configs = match &o.ca {
+        Some(ca) if o.mode != Mode::Tcp => {
+            let roots = load_roots(ca)?;
+            (0..o.concurrency)
+                .map(|_| client_config(o, &roots).map(Some))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        _ => vec![None; o.concurrency],
+    };
     let sh = Shared {
         barrier: Barrier::new(o.concurrency + 1),
         start: OnceLock::new(),
