@@ -657,6 +657,9 @@ struct Report {
     msg_rate: f64,
     cpu_us_per_conn: Option<f64>,
     cpu_us_per_msg: Option<f64>,
+    /// The load generator's own CPU (all its threads) per connection: on a
+    /// machine it shares with the server, what the client takes from it.
+    client_cpu_us_per_conn: Option<f64>,
     /// Whether, at both CPU readings, no process that the server started
     /// while the load generator ran was left (see `settle`).
     settled: bool,
@@ -724,7 +727,10 @@ fn text_line(o: &Opts, t: &Tally, r: &Report) -> String {
     if o.server_pid.is_some() && !r.settled {
         line.push_str(" unsettled");
     }
-    line + " server_cpu_us/conn=" + &us(r.cpu_us_per_conn)
+    line + " server_cpu_us/conn="
+        + &us(r.cpu_us_per_conn)
+        + " client_cpu_us/conn="
+        + &us(r.client_cpu_us_per_conn)
 }
 
 fn json_doc(o: &Opts, t: &Tally, r: &Report) -> String {
@@ -770,6 +776,7 @@ fn json_doc(o: &Opts, t: &Tally, r: &Report) -> String {
         ("cleartext_after_close", t.cleartext_after_close.to_string()),
         ("server_cpu_us_per_conn", us(r.cpu_us_per_conn)),
         ("server_cpu_us_per_msg", us(r.cpu_us_per_msg)),
+        ("client_cpu_us_per_conn", us(r.client_cpu_us_per_conn)),
         (
             "server_settled",
             (o.server_pid.is_some() && r.settled).to_string(),
@@ -844,7 +851,8 @@ fn run(o: &Opts) -> Result<bool, String> {
     let n = o.concurrency as u64;
     let mut settled = true;
     let mut processes = 0;
-    let (warm, tally, secs, cpu) = thread::scope(|s| {
+    let me = std::process::id();
+    let (warm, tally, secs, cpu, own_cpu) = thread::scope(|s| {
         let handles: Vec<_> = configs
             .into_iter()
             .enumerate()
@@ -860,6 +868,7 @@ fn run(o: &Opts) -> Result<bool, String> {
             settled &= ok;
             tree.map(|t| t.ticks)
         });
+        let own0 = ProcTree::read(me).map(|t| t.ticks);
         let start = *sh.start.get_or_init(Instant::now);
         sh.barrier.wait();
         let mut warm = Tally::default();
@@ -871,6 +880,7 @@ fn run(o: &Opts) -> Result<bool, String> {
             tally.merge(t);
             end = end.max(e);
         }
+        let own1 = ProcTree::read(me).map(|t| t.ticks);
         let cpu1 = o.server_pid.and_then(|pid| {
             let (ok, tree) = settle(pid, &base);
             settled &= ok;
@@ -878,7 +888,8 @@ fn run(o: &Opts) -> Result<bool, String> {
             tree.map(|t| t.ticks)
         });
         let cpu = cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a));
-        (warm, tally, (end - start).as_secs_f64(), cpu)
+        let own_cpu = own0.zip(own1).map(|(a, b)| b.saturating_sub(a));
+        (warm, tally, (end - start).as_secs_f64(), cpu, own_cpu)
     });
     for (phase, t) in [("warmup", &warm), ("run", &tally)] {
         for (k, first) in t.first_error.iter().enumerate() {
@@ -904,6 +915,7 @@ fn run(o: &Opts) -> Result<bool, String> {
     // Messages acknowledged: every connection that succeeded delivered all.
     let msgs = tally.ok * u64::from(o.messages);
     let cpu_us = cpu.map(|ticks| ticks as f64 * 1e6 / tck as f64);
+    let own_us = own_cpu.map(|ticks| ticks as f64 * 1e6 / tck as f64);
     let report = Report {
         conns,
         secs,
@@ -915,6 +927,7 @@ fn run(o: &Opts) -> Result<bool, String> {
         msg_rate: msgs as f64 / secs.max(1e-9),
         cpu_us_per_conn: cpu_us.filter(|_| conns > 0).map(|us| us / conns as f64),
         cpu_us_per_msg: cpu_us.filter(|_| msgs > 0).map(|us| us / msgs as f64),
+        client_cpu_us_per_conn: own_us.filter(|_| conns > 0).map(|us| us / conns as f64),
         settled,
         processes,
     };
