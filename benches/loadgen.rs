@@ -13,12 +13,13 @@
 //! dropped (counted as `cleartext_after_close`), not taken for a TLS error.
 //!
 //! With `--server-pid`, the CPU time of the server and of every process
-//! descended from it (alive, or reaped: see `common::ProcTree`) is read
-//! before and after the measured connections, each time once the processes
-//! the server started while the load generator ran are gone (an Exim daemon
-//! forks one per connection; gsmtpd's supervisor has long-lived workers), so
-//! the figure per connection is the whole cost of a connection for a
-//! server of several processes, forking or pre-forked, too.
+//! descended from it (alive, exited, or reaped: see `common::ProcTree`) is
+//! read before and after the measured connections, each time once the
+//! processes the server started while the load generator ran have exited
+//! (an Exim daemon forks one per connection; gsmtpd's supervisor has
+//! long-lived workers), so the figure per connection is the whole cost of a
+//! connection for a server of several processes, forking or pre-forked,
+//! too.
 //!
 //! `--mode tcp` makes bare TCP connections (connect, half-close, wait for
 //! the server to close) without TLS: against a sink that accepts, reads
@@ -56,7 +57,7 @@ const SESSION_CACHE: usize = 32;
 /// A reply longer than this is a protocol error.
 const MAX_REPLY: usize = 64 * 1024;
 /// Before each CPU reading: how long to wait at most for the processes the
-/// server started during the run to be reaped, how often to look, and a
+/// server started during the run to exit, how often to look, and a
 /// pause after that for the server to finish with the last connections.
 const SETTLE_MAX: Duration = Duration::from_secs(10);
 const SETTLE_POLL: Duration = Duration::from_millis(10);
@@ -660,8 +661,8 @@ struct Report {
     /// The load generator's own CPU (all its threads) per connection: on a
     /// machine it shares with the server, what the client takes from it.
     client_cpu_us_per_conn: Option<f64>,
-    /// Whether, at both CPU readings, no process that the server started
-    /// while the load generator ran was left (see `settle`).
+    /// Whether, at both CPU readings, every process that the server started
+    /// while the load generator ran had exited (see `settle`).
     settled: bool,
     /// Processes counted at the second reading: the server and its
     /// descendants (0 without --server-pid).
@@ -790,16 +791,20 @@ fn json_doc(o: &Opts, t: &Tally, r: &Report) -> String {
     format!("{{\n{}\n}}\n", body.join(",\n"))
 }
 
-/// Waits until the server's tree holds no process that was not in `base`,
-/// the descendants it had when the load generator started, then pauses
-/// briefly and reads the tree's CPU; the bool is false if new processes
-/// were still there (alive or zombie) after SETTLE_MAX.
+/// Waits until every process in the server's tree that was not in `base`,
+/// the descendants it had when the load generator started, has exited,
+/// then pauses briefly and reads the tree's CPU; the bool is false if one
+/// was still running after SETTLE_MAX.
 ///
 /// The rule is about what the run made, not about children in general:
 /// a process started during the run (Exim's child per connection) may
 /// still be working on one of our connections, and its exit, which costs
-/// CPU too, is the connection's; only once it is reaped is all of that in
-/// the reading. Processes that were there before the first connection
+/// CPU too, is the connection's; once it has exited, all of that is in the
+/// reading, from its own stat while it is a zombie and from its parent's
+/// cutime once reaped. Zombies are not waited for: an Exim daemon idle in
+/// select() can miss the SIGCHLD of its last child (it arrives between its
+/// check of the flag and the select) and reap it only at the next
+/// connection. Processes that were there before the first connection
 /// (gsmtpd's workers; an Exim daemon has none when idle) live as long as
 /// the server and are read where they are, alive: waiting for them to go,
 /// as "no child left" did, would wait forever. A process of `base` that
@@ -810,14 +815,38 @@ fn settle(pid: u32, base: &BTreeSet<ProcId>) -> (bool, Option<ProcTree>) {
     let deadline = Instant::now() + SETTLE_MAX;
     let settled = loop {
         match ProcTree::read(pid) {
-            Some(t) if t.descendants.is_subset(base) => break true,
+            Some(t)
+                if t.descendants
+                    .difference(base)
+                    .all(|p| t.zombies.contains(p)) =>
+            {
+                break true;
+            }
             None => break false,
-            Some(_) if Instant::now() >= deadline => break false,
+            Some(t) if Instant::now() >= deadline => {
+                let left: Vec<String> = t
+                    .descendants
+                    .difference(base)
+                    .filter(|p| !t.zombies.contains(p))
+                    .map(describe)
+                    .collect();
+                eprintln!("loadgen: still there: {}", left.join(", "));
+                break false;
+            }
             Some(_) => thread::sleep(SETTLE_POLL),
         }
     };
     thread::sleep(SETTLE_PAUSE);
     (settled, ProcTree::read(pid))
+}
+
+/// "PID (NAME) STATE, parent PPID, in WCHAN" from /proc, for a process
+/// that did not go away.
+fn describe(&(pid, _): &ProcId) -> String {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let head: Vec<&str> = stat.splitn(5, ' ').take(4).collect();
+    let wchan = fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+    format!("{} in {wchan:?}", head.join(" "))
 }
 
 fn run(o: &Opts) -> Result<bool, String> {
@@ -904,8 +933,8 @@ fn run(o: &Opts) -> Result<bool, String> {
     if !settled {
         eprintln!(
             "loadgen: processes that the server started during the run were still \
-             there {}s after it (connection processes not reaped, or a worker \
-             replaced): its CPU figure is not the run's",
+             running {}s after it (connection processes that did not end, or a \
+             worker replaced): its CPU figure is not the run's",
             SETTLE_MAX.as_secs()
         );
     }

@@ -70,6 +70,8 @@ pub type ProcId = (u32, u64);
 
 /// What the CPU accounting needs from one line of /proc/PID/stat.
 struct ProcStat {
+    /// Exited, waiting for its parent to reap it (Z) or being reaped (X).
+    zombie: bool,
     ppid: u32,
     start: u64,
     /// utime + stime: the process's own time, all its threads.
@@ -90,6 +92,7 @@ fn proc_stat(pid: u32) -> Option<ProcStat> {
         Some(u64::try_from(f.get(i)?.parse::<i64>().ok()?).unwrap_or(0))
     };
     Some(ProcStat {
+        zombie: matches!(*f.first()?, "Z" | "X"),
         ppid: f.get(1)?.parse().ok()?,
         start: f.get(19)?.parse().ok()?,
         own: tick(11)? + tick(12)?,
@@ -110,12 +113,19 @@ fn proc_stat(pid: u32) -> Option<ProcStat> {
 /// is the CPU the tree spent between them. Lost are only descendants that
 /// left the tree without being waited for by a member (reparented to init
 /// when their parent died first, or reaped automatically under SIGCHLD
-/// SIG_IGN); none of the benchmarked servers does that.
+/// SIG_IGN); none of the benchmarked servers does that. The kernel gives
+/// each process's own fields in whole clock ticks and its reaped children's
+/// as exact sums, so a reading can be short by about a tick for each
+/// descendant counted from its own fields (a few per reading here).
 pub struct ProcTree {
     /// Clock ticks of the whole tree, as above.
     pub ticks: u64,
     /// The descendants (not the root) alive or zombie at the reading.
     pub descendants: BTreeSet<ProcId>,
+    /// Those of them that have exited and wait to be reaped: their CPU
+    /// time is final (the exit itself included) and counted from their own
+    /// stat until it moves to their parent's cutime.
+    pub zombies: BTreeSet<ProcId>,
     /// cutime + cstime summed over the tree: it changes, as the set does,
     /// whenever a member is reaped.
     reaped: u64,
@@ -163,6 +173,7 @@ impl ProcTree {
         let mut tree = ProcTree {
             ticks: root.own + root.reaped,
             descendants: BTreeSet::new(),
+            zombies: BTreeSet::new(),
             reaped: root.reaped,
         };
         let mut todo = vec![pid];
@@ -171,6 +182,9 @@ impl ProcTree {
                 tree.ticks += s.own + s.reaped;
                 tree.reaped += s.reaped;
                 tree.descendants.insert((p, s.start));
+                if s.zombie {
+                    tree.zombies.insert((p, s.start));
+                }
                 todo.push(p);
             }
         }
