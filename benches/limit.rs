@@ -12,9 +12,22 @@
 //! is in the JSON too).
 //!
 //! cargo bench --bench limit -- --pki DIR [--count N] [--json FILE]
+//!
+//! The other half of the floor is the connection itself: with `--tcp-sink
+//! ADDR` (a loopback address), this binary is instead a bare TCP server
+//! that runs until it is killed: one thread, blocking, that accepts a
+//! connection, reads until EOF, closes it and accepts the next. Driven by
+//! `loadgen --mode tcp --server-pid` like the real servers, its CPU per
+//! connection is what the kernel and a server that does nothing else spend
+//! on a loopback connection that ends the way the benchmark's TLS
+//! connections do (the client half-closes, the server closes).
+//!
+//! cargo bench --bench limit -- --tcp-sink 127.0.0.1:PORT
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::io::{ErrorKind, Read};
+use std::net::{SocketAddr, TcpListener};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -70,8 +83,16 @@ fn main() {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
+    if let Some(addr) = arg("--tcp-sink") {
+        let e = tcp_sink(&addr);
+        eprintln!("limit: --tcp-sink {addr}: {e}");
+        std::process::exit(1);
+    }
     let Some(pki) = arg("--pki") else {
-        println!("limit: give --pki DIR (made by scripts/make-test-pki) to run; nothing to do");
+        println!(
+            "limit: give --pki DIR (made by scripts/make-test-pki) or --tcp-sink ADDR to run; \
+             nothing to do"
+        );
         return;
     };
     let count: u32 = arg("--count").and_then(|c| c.parse().ok()).unwrap_or(400);
@@ -245,4 +266,42 @@ fn measure(
         count: n,
         resumed_pct: f64::from(resumed) * 100.0 / n as f64,
     })
+}
+
+/// Serves bare TCP connections on `addr` one at a time, forever: accept,
+/// read until EOF, close. Returns only the error that stops it.
+fn tcp_sink(addr: &str) -> String {
+    let addr: SocketAddr = match addr.parse() {
+        Ok(a) => a,
+        Err(e) => return format!("not an IP:PORT ({e})"),
+    };
+    if !addr.ip().is_loopback() {
+        return "not a loopback address".into();
+    }
+    let listener = match TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => return e.to_string(),
+    };
+    println!("limit: TCP sink listening on {addr}");
+    let mut buf = [0u8; 4096];
+    loop {
+        let mut conn = match listener.accept() {
+            Ok((conn, _)) => conn,
+            // The client may have gone already, or the process is short of
+            // descriptors for a moment: the next one is served anyway.
+            Err(e) if e.kind() != ErrorKind::InvalidInput => continue,
+            Err(e) => return e.to_string(),
+        };
+        // No timeout, which would cost a system call per connection: a
+        // client that never half-closes holds the sink up, and the load
+        // generator's own timeouts report it.
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    }
 }

@@ -12,11 +12,19 @@
 //! session, and its cleartext `421` after our close_notify is read and
 //! dropped (counted as `cleartext_after_close`), not taken for a TLS error.
 //!
-//! With `--server-pid`, the server's CPU time (its own and that of the
-//! children it has reaped) is read before and after the measured
-//! connections, each time once the server has no child process left (an
-//! Exim daemon forks one per connection), so the figure per connection is
-//! the whole cost of a connection for a forking server too.
+//! With `--server-pid`, the CPU time of the server and of every process
+//! descended from it (alive, exited, or reaped: see `common::ProcTree`) is
+//! read before and after the measured connections, each time once the
+//! processes the server started while the load generator ran have exited
+//! (an Exim daemon forks one per connection; gsmtpd's supervisor has
+//! long-lived workers), so the figure per connection is the whole cost of a
+//! connection for a server of several processes, forking or pre-forked,
+//! too.
+//!
+//! `--mode tcp` makes bare TCP connections (connect, half-close, wait for
+//! the server to close) without TLS: against a sink that accepts, reads
+//! until EOF and closes (`limit --tcp-sink`), it measures the kernel's and
+//! a minimal server's share of a loopback connection.
 //!
 //! Only loopback targets are accepted: an IP literal in 127.0.0.0/8 or ::1,
 //! or `localhost` (taken as 127.0.0.1 without any name lookup).
@@ -24,8 +32,9 @@
 //! Run `loadgen --help` for the flags.
 mod common;
 
-use common::{child_count, cpu_ticks, json_str, load_roots, loopback_target, num, percentile_ms};
+use common::{ProcId, ProcTree, json_str, load_roots, loopback_target, num, percentile_ms};
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Read, Write};
@@ -47,9 +56,9 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const SESSION_CACHE: usize = 32;
 /// A reply longer than this is a protocol error.
 const MAX_REPLY: usize = 64 * 1024;
-/// Before each CPU reading: how long to wait at most for the server's
-/// children to be reaped, how often to look, and a pause after that for
-/// the server to finish with the last connections.
+/// Before each CPU reading: how long to wait at most for the processes the
+/// server started during the run to exit, how often to look, and a
+/// pause after that for the server to finish with the last connections.
 const SETTLE_MAX: Duration = Duration::from_secs(10);
 const SETTLE_POLL: Duration = Duration::from_millis(10);
 const SETTLE_PAUSE: Duration = Duration::from_millis(100);
@@ -58,6 +67,8 @@ const SETTLE_PAUSE: Duration = Duration::from_millis(100);
 enum Mode {
     Implicit,
     Starttls,
+    /// Bare TCP: connect, half-close, read until the server closes.
+    Tcp,
 }
 
 struct Opts {
@@ -69,7 +80,8 @@ struct Opts {
     tickets: bool,
     /// Without --resume: still ask for TLS 1.2 tickets.
     request_tickets: bool,
-    ca: String,
+    /// None in tcp mode only.
+    ca: Option<String>,
     server_name: String,
     concurrency: usize,
     count: u64,
@@ -136,7 +148,11 @@ fn tls_fail(e: rustls::Error) -> Failure {
 /// (flag, value hint or "" for a plain flag, help).
 const FLAGS: [(&str, &str, &str); 19] = [
     ("connect", "HOST:PORT", "target, loopback only"),
-    ("mode", "MODE", "implicit (default) or starttls"),
+    (
+        "mode",
+        "MODE",
+        "implicit (default), starttls, or tcp (no TLS: connect, half-close, wait for EOF)",
+    ),
     ("tls", "VER", "TLS version: 1.2 or 1.3 (default)"),
     ("resume", "", "resume sessions (cache shared per thread)"),
     (
@@ -149,7 +165,11 @@ const FLAGS: [(&str, &str, &str); 19] = [
         "",
         "without --resume: ask for TLS 1.2 tickets, never resume",
     ),
-    ("ca", "FILE", "PEM CA certificate(s) to verify the server"),
+    (
+        "ca",
+        "FILE",
+        "PEM CA certificate(s) to verify the server (not in tcp mode)",
+    ),
     ("server-name", "NAME", "name to verify (default localhost)"),
     ("concurrency", "N", "worker threads (default 2)"),
     ("count", "N", "measured connections (default 2000)"),
@@ -179,7 +199,7 @@ const FLAGS: [(&str, &str, &str); 19] = [
     (
         "server-pid",
         "PID",
-        "report this process's CPU per connection",
+        "report the CPU per connection of this process and its descendants",
     ),
     ("json", "FILE", "also write the results as JSON here"),
 ];
@@ -210,14 +230,21 @@ fn parse_args(args: &[String]) -> Result<Option<Opts>, String> {
     let mode = match m.opt_str("mode").as_deref() {
         None | Some("implicit") => Mode::Implicit,
         Some("starttls") => Mode::Starttls,
-        Some(x) => return Err(format!("--mode: {x:?} is not implicit or starttls")),
+        Some("tcp") => Mode::Tcp,
+        Some(x) => return Err(format!("--mode: {x:?} is not implicit, starttls or tcp")),
     };
     let tls13 = match m.opt_str("tls").as_deref() {
         None | Some("1.3") => true,
         Some("1.2") => false,
         Some(x) => return Err(format!("--tls: {x:?} is not 1.2 or 1.3")),
     };
-    let ca = m.opt_str("ca").ok_or("--ca is required")?;
+    let ca = m.opt_str("ca");
+    if ca.is_none() && mode != Mode::Tcp {
+        return Err("--ca is required".into());
+    }
+    if mode == Mode::Tcp && (m.opt_present("smtp") || m.opt_present("messages")) {
+        return Err("--mode tcp: no --smtp or --messages without TLS".into());
+    }
     let concurrency: usize = num(&m, "concurrency", 2)?;
     if !(1..=1024).contains(&concurrency) {
         return Err("--concurrency: must be 1..1024".into());
@@ -385,7 +412,7 @@ fn close(tls: &mut ClientConnection, sock: &mut TcpStream) -> Result<Closed, Fai
         let state = match tls.process_new_packets() {
             Ok(state) => state,
             Err(rustls::Error::InvalidMessage(InvalidMessage::InvalidContentType)) => {
-                drain(sock)?;
+                drain(sock, ErrKind::Tls)?;
                 return Ok(Closed::Cleartext);
             }
             Err(e) => return Err(tls_fail(e)),
@@ -404,31 +431,33 @@ fn close(tls: &mut ClientConnection, sock: &mut TcpStream) -> Result<Closed, Fai
     }
 }
 
-/// Reads and drops what the socket holds until EOF (or a reset).
-fn drain(sock: &mut TcpStream) -> Result<(), Failure> {
+/// Reads and drops what the socket holds until EOF (or a reset); a
+/// failure is of `kind` (or a timeout).
+fn drain(sock: &mut TcpStream, kind: ErrKind) -> Result<(), Failure> {
     let mut sink = [0u8; 4096];
     loop {
         match sock.read(&mut sink) {
             Ok(0) => return Ok(()),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
-            Err(e) => return Err(io_fail(e, ErrKind::Tls)),
+            Err(e) => return Err(io_fail(e, kind)),
         }
     }
 }
 
 /// What one connection did.
 struct Done {
-    /// Connect → handshake done, or → 221 to QUIT with `--smtp`.
+    /// Connect → handshake done, or → 221 to QUIT with `--smtp`, or (tcp
+    /// mode) → the server's close.
     latency: Duration,
     resumed: bool,
     closed: Closed,
 }
 
-/// One connection.
+/// One connection. `cfg` is None in tcp mode only.
 fn one_conn(
     o: &Opts,
-    cfg: &Arc<ClientConfig>,
+    cfg: Option<&Arc<ClientConfig>>,
     name: &ServerName<'static>,
     buf: &mut Vec<u8>,
 ) -> Result<Done, Failure> {
@@ -441,6 +470,18 @@ fn one_conn(
         .and_then(|_| sock.set_write_timeout(Some(IO_TIMEOUT)));
     setup.map_err(|e| io_fail(e, ErrKind::Connect))?;
     buf.clear();
+    let Some(cfg) = cfg.filter(|_| o.mode != Mode::Tcp) else {
+        // Nothing to say: half-close, then wait for the server's close, as
+        // a TLS connection ends after its close_notify.
+        sock.shutdown(Shutdown::Write)
+            .map_err(|e| io_fail(e, ErrKind::Connect))?;
+        drain(&mut sock, ErrKind::Connect)?;
+        return Ok(Done {
+            latency: t0.elapsed(),
+            resumed: false,
+            closed: Closed::Tls,
+        });
+    };
     if o.mode == Mode::Starttls {
         expect(&mut sock, buf, 220, "banner")?;
         send(&mut sock, b"EHLO loadgen.test\r\n")?;
@@ -570,19 +611,24 @@ struct Shared {
     issued: AtomicU64,
 }
 
-fn worker(o: &Opts, cfg: Arc<ClientConfig>, warmup: u64, sh: &Shared) -> (Tally, Tally, Instant) {
+fn worker(
+    o: &Opts,
+    cfg: Option<Arc<ClientConfig>>,
+    warmup: u64,
+    sh: &Shared,
+) -> (Tally, Tally, Instant) {
     let name = ServerName::try_from(o.server_name.clone()).expect("checked in main");
     let mut buf = Vec::with_capacity(4096);
     let mut warm = Tally::default();
     for _ in 0..warmup {
-        warm.record(one_conn(o, &cfg, &name, &mut buf));
+        warm.record(one_conn(o, cfg.as_ref(), &name, &mut buf));
     }
     sh.barrier.wait();
     sh.barrier.wait();
     let deadline = *sh.start.get().expect("set between the barriers") + o.duration;
     let mut tally = Tally::default();
     while Instant::now() < deadline && sh.issued.fetch_add(1, Ordering::Relaxed) < o.count {
-        tally.record(one_conn(o, &cfg, &name, &mut buf));
+        tally.record(one_conn(o, cfg.as_ref(), &name, &mut buf));
     }
     (warm, tally, Instant::now())
 }
@@ -612,16 +658,23 @@ struct Report {
     msg_rate: f64,
     cpu_us_per_conn: Option<f64>,
     cpu_us_per_msg: Option<f64>,
-    /// Whether the server had no child process left at both CPU readings.
+    /// The load generator's own CPU (all its threads) per connection: on a
+    /// machine it shares with the server, what the client takes from it.
+    client_cpu_us_per_conn: Option<f64>,
+    /// Whether, at both CPU readings, every process that the server started
+    /// while the load generator ran had exited (see `settle`).
     settled: bool,
+    /// Processes counted at the second reading: the server and its
+    /// descendants (0 without --server-pid).
+    processes: usize,
 }
 
 impl Opts {
     fn mode_name(&self) -> &'static str {
-        if self.mode == Mode::Implicit {
-            "implicit"
-        } else {
-            "starttls"
+        match self.mode {
+            Mode::Implicit => "implicit",
+            Mode::Starttls => "starttls",
+            Mode::Tcp => "tcp",
         }
     }
 
@@ -675,7 +728,10 @@ fn text_line(o: &Opts, t: &Tally, r: &Report) -> String {
     if o.server_pid.is_some() && !r.settled {
         line.push_str(" unsettled");
     }
-    line + " server_cpu_us/conn=" + &us(r.cpu_us_per_conn)
+    line + " server_cpu_us/conn="
+        + &us(r.cpu_us_per_conn)
+        + " client_cpu_us/conn="
+        + &us(r.client_cpu_us_per_conn)
 }
 
 fn json_doc(o: &Opts, t: &Tally, r: &Report) -> String {
@@ -721,10 +777,12 @@ fn json_doc(o: &Opts, t: &Tally, r: &Report) -> String {
         ("cleartext_after_close", t.cleartext_after_close.to_string()),
         ("server_cpu_us_per_conn", us(r.cpu_us_per_conn)),
         ("server_cpu_us_per_msg", us(r.cpu_us_per_msg)),
+        ("client_cpu_us_per_conn", us(r.client_cpu_us_per_conn)),
         (
             "server_settled",
             (o.server_pid.is_some() && r.settled).to_string(),
         ),
+        ("server_processes", r.processes.to_string()),
     ];
     let body: Vec<String> = fields
         .iter()
@@ -733,35 +791,87 @@ fn json_doc(o: &Opts, t: &Tally, r: &Report) -> String {
     format!("{{\n{}\n}}\n", body.join(",\n"))
 }
 
-/// Waits until the server has no child process left (so every child that
-/// served a connection is reaped and in its cutime/cstime), then a short
-/// pause; returns false if children were still there after SETTLE_MAX.
-fn settle(pid: u32) -> bool {
+/// Waits until every process in the server's tree that was not in `base`,
+/// the descendants it had when the load generator started, has exited,
+/// then pauses briefly and reads the tree's CPU; the bool is false if one
+/// was still running after SETTLE_MAX.
+///
+/// The rule is about what the run made, not about children in general:
+/// a process started during the run (Exim's child per connection) may
+/// still be working on one of our connections, and its exit, which costs
+/// CPU too, is the connection's; once it has exited, all of that is in the
+/// reading, from its own stat while it is a zombie and from its parent's
+/// cutime once reaped. Zombies are not waited for: an Exim daemon idle in
+/// select() can miss the SIGCHLD of its last child (it arrives between its
+/// check of the flag and the select) and reap it only at the next
+/// connection. Processes that were there before the first connection
+/// (gsmtpd's workers; an Exim daemon has none when idle) live as long as
+/// the server and are read where they are, alive: waiting for them to go,
+/// as "no child left" did, would wait forever. A process of `base` that
+/// ends during the run is counted right as well (see `ProcTree`). A
+/// pre-forked server that replaces a worker during the run never settles:
+/// its figure would mix a crash into the run, which is reported unsettled.
+fn settle(pid: u32, base: &BTreeSet<ProcId>) -> (bool, Option<ProcTree>) {
     let deadline = Instant::now() + SETTLE_MAX;
     let settled = loop {
-        match child_count(pid) {
-            Some(0) => break true,
+        match ProcTree::read(pid) {
+            Some(t)
+                if t.descendants
+                    .difference(base)
+                    .all(|p| t.zombies.contains(p)) =>
+            {
+                break true;
+            }
             None => break false,
-            Some(_) if Instant::now() >= deadline => break false,
+            Some(t) if Instant::now() >= deadline => {
+                let left: Vec<String> = t
+                    .descendants
+                    .difference(base)
+                    .filter(|p| !t.zombies.contains(p))
+                    .map(describe)
+                    .collect();
+                eprintln!("loadgen: still there: {}", left.join(", "));
+                break false;
+            }
             Some(_) => thread::sleep(SETTLE_POLL),
         }
     };
     thread::sleep(SETTLE_PAUSE);
-    settled
+    (settled, ProcTree::read(pid))
+}
+
+/// "PID (NAME) STATE, parent PPID, in WCHAN" from /proc, for a process
+/// that did not go away.
+fn describe(&(pid, _): &ProcId) -> String {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let head: Vec<&str> = stat.splitn(5, ' ').take(4).collect();
+    let wchan = fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+    format!("{} in {wchan:?}", head.join(" "))
 }
 
 fn run(o: &Opts) -> Result<bool, String> {
-    let roots = load_roots(&o.ca)?;
     ServerName::try_from(o.server_name.clone())
         .map_err(|e| format!("--server-name {:?}: {e}", o.server_name))?;
-    if let Some(pid) = o.server_pid {
-        cpu_ticks(pid).ok_or(format!("--server-pid {pid}: cannot read /proc/{pid}/stat"))?;
-    }
+    // The server's processes before our first connection.
+    let base = match o.server_pid {
+        Some(pid) => {
+            ProcTree::read(pid)
+                .ok_or(format!("--server-pid {pid}: cannot read /proc/{pid}/stat"))?
+                .descendants
+        }
+        None => BTreeSet::new(),
+    };
     let tck = clock_ticks_per_sec();
     // Configs are built before any connection, one per thread.
-    let configs = (0..o.concurrency)
-        .map(|_| client_config(o, &roots))
-        .collect::<Result<Vec<_>, _>>()?;
+    let configs = match &o.ca {
+        Some(ca) if o.mode != Mode::Tcp => {
+            let roots = load_roots(ca)?;
+            (0..o.concurrency)
+                .map(|_| client_config(o, &roots).map(Some))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        _ => vec![None; o.concurrency],
+    };
     let sh = Shared {
         barrier: Barrier::new(o.concurrency + 1),
         start: OnceLock::new(),
@@ -769,7 +879,9 @@ fn run(o: &Opts) -> Result<bool, String> {
     };
     let n = o.concurrency as u64;
     let mut settled = true;
-    let (warm, tally, secs, cpu) = thread::scope(|s| {
+    let mut processes = 0;
+    let me = std::process::id();
+    let (warm, tally, secs, cpu, own_cpu) = thread::scope(|s| {
         let handles: Vec<_> = configs
             .into_iter()
             .enumerate()
@@ -781,9 +893,11 @@ fn run(o: &Opts) -> Result<bool, String> {
             .collect();
         sh.barrier.wait();
         let cpu0 = o.server_pid.and_then(|pid| {
-            settled &= settle(pid);
-            cpu_ticks(pid)
+            let (ok, tree) = settle(pid, &base);
+            settled &= ok;
+            tree.map(|t| t.ticks)
         });
+        let own0 = ProcTree::read(me).map(|t| t.ticks);
         let start = *sh.start.get_or_init(Instant::now);
         sh.barrier.wait();
         let mut warm = Tally::default();
@@ -795,12 +909,16 @@ fn run(o: &Opts) -> Result<bool, String> {
             tally.merge(t);
             end = end.max(e);
         }
+        let own1 = ProcTree::read(me).map(|t| t.ticks);
         let cpu1 = o.server_pid.and_then(|pid| {
-            settled &= settle(pid);
-            cpu_ticks(pid)
+            let (ok, tree) = settle(pid, &base);
+            settled &= ok;
+            processes = tree.as_ref().map_or(0, |t| 1 + t.descendants.len());
+            tree.map(|t| t.ticks)
         });
         let cpu = cpu0.zip(cpu1).map(|(a, b)| b.saturating_sub(a));
-        (warm, tally, (end - start).as_secs_f64(), cpu)
+        let own_cpu = own0.zip(own1).map(|(a, b)| b.saturating_sub(a));
+        (warm, tally, (end - start).as_secs_f64(), cpu, own_cpu)
     });
     for (phase, t) in [("warmup", &warm), ("run", &tally)] {
         for (k, first) in t.first_error.iter().enumerate() {
@@ -814,8 +932,9 @@ fn run(o: &Opts) -> Result<bool, String> {
     }
     if !settled {
         eprintln!(
-            "loadgen: the server still had child processes {}s after the run: \
-             its CPU figure misses theirs",
+            "loadgen: processes that the server started during the run were still \
+             running {}s after it (connection processes that did not end, or a \
+             worker replaced): its CPU figure is not the run's",
             SETTLE_MAX.as_secs()
         );
     }
@@ -825,6 +944,7 @@ fn run(o: &Opts) -> Result<bool, String> {
     // Messages acknowledged: every connection that succeeded delivered all.
     let msgs = tally.ok * u64::from(o.messages);
     let cpu_us = cpu.map(|ticks| ticks as f64 * 1e6 / tck as f64);
+    let own_us = own_cpu.map(|ticks| ticks as f64 * 1e6 / tck as f64);
     let report = Report {
         conns,
         secs,
@@ -836,7 +956,9 @@ fn run(o: &Opts) -> Result<bool, String> {
         msg_rate: msgs as f64 / secs.max(1e-9),
         cpu_us_per_conn: cpu_us.filter(|_| conns > 0).map(|us| us / conns as f64),
         cpu_us_per_msg: cpu_us.filter(|_| msgs > 0).map(|us| us / msgs as f64),
+        client_cpu_us_per_conn: own_us.filter(|_| conns > 0).map(|us| us / conns as f64),
         settled,
+        processes,
     };
     println!("{}", text_line(o, &tally, &report));
     if let Some(path) = &o.json {

@@ -3,7 +3,9 @@
 //! is in the Maildir (and nothing else is), and reports the server's memory.
 //!
 //! Phases, in order:
-//! 1. the server's VmRSS (`/proc/PID/status`) as the baseline;
+//! 1. the server's VmRSS (`/proc/PID/status`, summed over the process and
+//!    its descendants: gsmtpd's workers hold the connections) as the
+//!    baseline;
 //! 2. `--idle` connections to the implicit-TLS listener, opened by a few
 //!    threads with rustls (TLS 1.3 full handshakes), the 220 banner read,
 //!    then held open and silent; VmRSS once all are open gives the RSS per
@@ -30,7 +32,7 @@
 //! Run `soak --help` for the flags; `scripts/soak` starts gsmtpd and runs it.
 mod common;
 
-use common::{cpu_ticks, json_str, load_roots, loopback_target, num, percentile_ms};
+use common::{ProcTree, json_str, load_roots, loopback_target, num, percentile_ms};
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs;
@@ -162,7 +164,11 @@ const FLAGS: [(&str, &str, &str); 11] = [
     ),
     ("ca", "FILE", "PEM CA certificate(s) to verify the server"),
     ("server-name", "NAME", "name to verify (default localhost)"),
-    ("server-pid", "PID", "the server process, for its VmRSS"),
+    (
+        "server-pid",
+        "PID",
+        "the server process, for its VmRSS (with its descendants')",
+    ),
     ("maildir", "DIR", "the server's Maildir root (--maildir)"),
     ("domain", "NAME", "recipient domain (default example.org)"),
     ("idle", "N", "idle TLS connections to hold (default 5000)"),
@@ -252,8 +258,27 @@ fn client_config(roots: &Arc<RootCertStore>) -> Result<Arc<ClientConfig>, String
 
 // --- the server process --------------------------------------------------------
 
-/// A `kB` field of /proc/PID/status (VmRSS, VmHWM).
+/// A `kB` field of /proc/PID/status (VmRSS, VmHWM), summed over the
+/// process and all its descendants: a multi-process server (gsmtpd's
+/// supervisor, given as --server-pid, and its workers) holds its
+/// connections in its children. Pages the processes share (code, what
+/// was there at fork) count once per process, the same in every reading,
+/// so the difference between two readings is the memory taken meanwhile;
+/// a sum of VmHWM is the sum of each process's own peak. None if the
+/// process itself cannot be read.
 fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let own = process_status_kib(pid, field)?;
+    let descendants: u64 = ProcTree::read(pid).map_or(0, |t| {
+        t.descendants
+            .iter()
+            .filter_map(|&(p, _)| process_status_kib(p, field))
+            .sum()
+    });
+    Some(own + descendants)
+}
+
+/// A `kB` field of /proc/PID/status of one process.
+fn process_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|l| {
         let rest = l.strip_prefix(field)?.strip_prefix(':')?;
@@ -283,8 +308,9 @@ fn max_open_files(who: &str) -> Option<u64> {
 
 /// One reading: seconds since the start, the server's VmRSS, how many
 /// messages had been acknowledged by then, and, to tell a slow server from
-/// a slow disk or a busy machine, the server's CPU time so far and the
-/// machine's IO stall time so far (PSI, where the kernel has it).
+/// a slow disk or a busy machine, the CPU time so far of the server and
+/// its descendants and the machine's IO stall time so far (PSI, where the
+/// kernel has it).
 #[derive(Clone, Copy)]
 struct Sample {
     secs: f64,
@@ -335,7 +361,7 @@ impl Monitor {
                     secs: self.start.elapsed().as_secs_f64(),
                     rss_kib,
                     acked: self.acked.load(Ordering::Relaxed),
-                    server_cpu_ticks: cpu_ticks(self.pid),
+                    server_cpu_ticks: ProcTree::read(self.pid).map(|t| t.ticks),
                     io_some_us: io_pressure_some_us(),
                 }),
             None => self.lost.store(true, Ordering::Relaxed),
@@ -1247,7 +1273,7 @@ fn run(o: &Opts) -> Result<bool, String> {
         && maildir.duplicates == 0
         && maildir.unreadable == 0;
     let server_alive =
-        !mon.lost.load(Ordering::Relaxed) && status_kib(o.server_pid, "VmRSS").is_some();
+        !mon.lost.load(Ordering::Relaxed) && process_status_kib(o.server_pid, "VmRSS").is_some();
     let report = Report {
         idle_opened,
         alive,

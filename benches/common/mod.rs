@@ -1,6 +1,7 @@
 //! Helpers shared by the load generator and the soak test (each bench
 //! binary includes this module with `mod common;`).
 
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -62,53 +63,133 @@ pub fn load_roots(path: &str) -> Result<Arc<RootCertStore>, String> {
     Ok(Arc::new(roots))
 }
 
-/// CPU time of a process in clock ticks, from /proc/PID/stat: its own
-/// utime + stime plus cutime + cstime, the time of the children it has
-/// waited for. A server that forks a child per connection (Exim) is thus
-/// measured whole once those children are reaped (see `child_count`); for a
-/// server without children the last two are 0.
-pub fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces; fields after it start at
-    // field 3, so utime, stime, cutime, cstime (fields 14 to 17) are at
-    // 11 to 14.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let mut sum = 0u64;
-    for i in 11..=14 {
-        // cutime and cstime are signed in the kernel's format.
-        sum += u64::try_from(f.get(i)?.parse::<i64>().ok()?).unwrap_or(0);
-    }
-    Some(sum)
+/// A process as /proc names it: its pid and its start time (clock ticks
+/// after boot), so that a pid the kernel hands out again is another
+/// process.
+pub type ProcId = (u32, u64);
+
+/// What the CPU accounting needs from one line of /proc/PID/stat.
+struct ProcStat {
+    /// Exited, waiting for its parent to reap it (Z) or being reaped (X).
+    zombie: bool,
+    ppid: u32,
+    start: u64,
+    /// utime + stime: the process's own time, all its threads.
+    own: u64,
+    /// cutime + cstime: the time of the children it has waited for
+    /// (theirs, and that of the children they had waited for).
+    reaped: u64,
 }
 
-/// Processes whose parent is `pid`, zombies included (a zombie's CPU time
-/// reaches the parent's cutime/cstime only once the parent reaps it).
-/// None if /proc cannot be read.
-#[allow(dead_code)] // loadgen's; soak includes this module too
-pub fn child_count(pid: u32) -> Option<usize> {
-    let mut n = 0;
-    for entry in fs::read_dir("/proc").ok()? {
-        let Ok(entry) = entry else { continue };
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
+fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses; fields
+    // after it start at field 3, so field N is at index N - 3.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // cutime and cstime are signed in the kernel's format.
+    let tick = |i: usize| -> Option<u64> {
+        Some(u64::try_from(f.get(i)?.parse::<i64>().ok()?).unwrap_or(0))
+    };
+    Some(ProcStat {
+        zombie: matches!(*f.first()?, "Z" | "X"),
+        ppid: f.get(1)?.parse().ok()?,
+        start: f.get(19)?.parse().ok()?,
+        own: tick(11)? + tick(12)?,
+        reaped: tick(13)? + tick(14)?,
+    })
+}
+
+/// A process and every process descended from it, with their CPU time.
+///
+/// A process's CPU time is in exactly one place at any moment: in its own
+/// utime + stime while it lives (a zombie's too), then, once its parent
+/// has waited for it, in the parent's cutime + cstime (and from there in
+/// the grandparent's when the parent is reaped in turn). The sum of utime,
+/// stime, cutime and cstime over the root and its living descendants
+/// therefore counts every process of the tree once, whether it lives or
+/// was reaped: a child alive at one reading and reaped by the next moves
+/// from the first term to the second, and the difference of two readings
+/// is the CPU the tree spent between them. Lost are only descendants that
+/// left the tree without being waited for by a member (reparented to init
+/// when their parent died first, or reaped automatically under SIGCHLD
+/// SIG_IGN); none of the benchmarked servers does that. The kernel gives
+/// each process's own fields in whole clock ticks and its reaped children's
+/// as exact sums, so a reading can be short by about a tick for each
+/// descendant counted from its own fields (a few per reading here).
+pub struct ProcTree {
+    /// Clock ticks of the whole tree, as above.
+    pub ticks: u64,
+    /// The descendants (not the root) alive or zombie at the reading.
+    pub descendants: BTreeSet<ProcId>,
+    /// Those of them that have exited and wait to be reaped: their CPU
+    /// time is final (the exit itself included) and counted from their own
+    /// stat until it moves to their parent's cutime.
+    pub zombies: BTreeSet<ProcId>,
+    /// cutime + cstime summed over the tree: it changes, as the set does,
+    /// whenever a member is reaped.
+    reaped: u64,
+}
+
+impl ProcTree {
+    /// Reads the tree of `pid`: None if that process does not exist or
+    /// /proc cannot be read.
+    ///
+    /// /proc is read one file at a time, so a process reaped during a
+    /// scan may be counted twice (read as a child, then in its parent's
+    /// cutime) or not at all. Scans are repeated until two in a row agree
+    /// on the set of descendants and the reaped time: then nothing in the
+    /// tree was reaped or forked while the second one read it, and it is
+    /// returned (the last one after 50 scans that kept changing).
+    pub fn read(pid: u32) -> Option<ProcTree> {
+        let mut last = Self::scan(pid)?;
+        for _ in 0..50 {
+            let next = Self::scan(pid)?;
+            if next.descendants == last.descendants && next.reaped == last.reaped {
+                return Some(next);
+            }
+            last = next;
         }
-        // A process may exit between the listing and the read.
-        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        // Field 4, the parent's pid, is the second after the name.
-        let ppid = stat[close + 1..].split_whitespace().nth(1);
-        if ppid.and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
-            n += 1;
-        }
+        Some(last)
     }
-    Some(n)
+
+    fn scan(pid: u32) -> Option<ProcTree> {
+        let root = proc_stat(pid)?;
+        let mut children: HashMap<u32, Vec<(u32, ProcStat)>> = HashMap::new();
+        for entry in fs::read_dir("/proc").ok()? {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name();
+            let Some(Ok(p)) = name.to_str().map(str::parse::<u32>) else {
+                continue;
+            };
+            if p == pid {
+                continue;
+            }
+            // A process may exit between the listing and the read.
+            if let Some(s) = proc_stat(p) {
+                children.entry(s.ppid).or_default().push((p, s));
+            }
+        }
+        let mut tree = ProcTree {
+            ticks: root.own + root.reaped,
+            descendants: BTreeSet::new(),
+            zombies: BTreeSet::new(),
+            reaped: root.reaped,
+        };
+        let mut todo = vec![pid];
+        while let Some(parent) = todo.pop() {
+            for (p, s) in children.remove(&parent).unwrap_or_default() {
+                tree.ticks += s.own + s.reaped;
+                tree.reaped += s.reaped;
+                tree.descendants.insert((p, s.start));
+                if s.zombie {
+                    tree.zombies.insert((p, s.start));
+                }
+                todo.push(p);
+            }
+        }
+        Some(tree)
+    }
 }
 
 /// Nearest-rank percentile of sorted latencies, in milliseconds.
