@@ -11,6 +11,7 @@ pub mod conn_limits;
 pub mod control;
 pub mod default_cert;
 pub mod dns;
+pub mod dsn;
 pub mod ffi;
 pub mod fuzz_support;
 pub mod hostlist;
