@@ -22,6 +22,7 @@ pub mod server;
 pub mod session_cache;
 pub mod signals;
 pub mod smtp;
+pub mod smtp_client;
 pub mod store;
 pub mod supervisor;
 pub mod ticket_key_file;

@@ -1,0 +1,491 @@
+//! The connection: greeting, EHLO/HELO, STARTTLS, QUIT and failures, and
+//! the public API. Messages are in `transaction.rs`.
+
+use std::collections::VecDeque;
+
+use super::ehlo::Ehlo;
+use super::output::Output;
+use super::reply::{Read, Reply, ReplyReader};
+use super::transaction::Transaction;
+use super::{
+    Action, ClientConfig, Command, ConnectionError, Delivery, End, Failure, MessageId, Outcome,
+    Outgoing, ProtocolError, TlsWanted, Wait,
+};
+
+/// A command whose reply has not arrived yet; replies are matched to these
+/// in order, however many were pipelined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Expect {
+    Greeting,
+    Ehlo,
+    Helo,
+    StartTls,
+    Rset,
+    Mail,
+    /// The index of the recipient in the message.
+    Rcpt(usize),
+    Data,
+    EndOfData,
+    Bdat {
+        last: bool,
+    },
+    Quit,
+}
+
+impl Expect {
+    pub fn command(self) -> Command {
+        match self {
+            Expect::Greeting => Command::Greeting,
+            Expect::Ehlo => Command::Ehlo,
+            Expect::Helo => Command::Helo,
+            Expect::StartTls => Command::StartTls,
+            Expect::Rset => Command::Rset,
+            Expect::Mail => Command::Mail,
+            Expect::Rcpt(_) => Command::Rcpt,
+            Expect::Data => Command::Data,
+            Expect::EndOfData => Command::EndOfData,
+            Expect::Bdat { last: false } => Command::Bdat,
+            Expect::Bdat { last: true } => Command::BdatLast,
+            Expect::Quit => Command::Quit,
+        }
+    }
+
+    fn wait(self) -> Wait {
+        match self {
+            Expect::Greeting => Wait::Greeting,
+            Expect::Ehlo | Expect::Helo => Wait::Hello,
+            Expect::StartTls => Wait::StartTls,
+            Expect::Rset => Wait::Rset,
+            Expect::Mail => Wait::Mail,
+            Expect::Rcpt(_) => Wait::Rcpt,
+            Expect::Data => Wait::DataInit,
+            Expect::Bdat { last: false } => Wait::DataBlock,
+            Expect::EndOfData | Expect::Bdat { last: true } => Wait::DataEnd,
+            Expect::Quit => Wait::Quit,
+        }
+    }
+}
+
+/// Where the connection is.
+#[derive(Debug)]
+enum Phase {
+    Greeting,
+    /// EHLO or HELO sent.
+    Hello,
+    /// STARTTLS sent.
+    StartTls,
+    /// The server refused STARTTLS under `IfOffered`: the driver decides.
+    TlsRefused(Reply),
+    /// The driver is running the TLS handshake.
+    Handshake,
+    /// Ready for a message, or carrying one.
+    Open,
+    /// QUIT sent.
+    Quitting,
+    Closed(End),
+}
+
+/// One SMTP client connection, sans-I/O: see the module documentation.
+pub struct Client {
+    config: ClientConfig,
+    phase: Phase,
+    reader: ReplyReader,
+    pub(super) out: Output,
+    pub(super) expect: VecDeque<Expect>,
+    pub(super) ehlo: Option<Ehlo>,
+    tls: bool,
+    quit_requested: bool,
+    /// The server may still hold the last transaction: RSET before MAIL.
+    pub(super) needs_rset: bool,
+    pub(super) txn: Option<Transaction>,
+    /// Finished messages not yet handed to the driver.
+    pub(super) done: VecDeque<Delivery>,
+    next_id: u64,
+    /// Reused for BDAT chunks, whose size must be known before they go out.
+    pub(super) scratch: Vec<u8>,
+}
+
+impl Client {
+    pub fn new(mut config: ClientConfig) -> Client {
+        // The name goes into a command line: nothing may end that early.
+        config.helo_name = config
+            .helo_name
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        let tls = config.implicit_tls;
+        Client {
+            config,
+            phase: Phase::Greeting,
+            reader: ReplyReader::default(),
+            out: Output::default(),
+            expect: VecDeque::from([Expect::Greeting]),
+            ehlo: None,
+            tls,
+            quit_requested: false,
+            needs_rset: false,
+            txn: None,
+            done: VecDeque::new(),
+            next_id: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Bytes from the server, in any pieces. Once the connection is closed
+    /// they are ignored; while TLS should be starting they fail it.
+    pub fn receive(&mut self, input: &[u8]) {
+        let mut rest = input;
+        while !rest.is_empty() {
+            match self.phase {
+                Phase::Closed(_) => return,
+                Phase::Handshake => {
+                    // Whatever the server sent behind its yes to STARTTLS
+                    // was sent before TLS: it must never be taken as a
+                    // reply inside TLS (CVE-2011-0411's client side).
+                    return self.fail(ConnectionError::Protocol(ProtocolError::StartTlsInjection));
+                }
+                _ => {}
+            }
+            let (used, read) = self.reader.read(rest);
+            rest = rest.get(used..).unwrap_or_default();
+            match read {
+                Read::Pending => {}
+                Read::Error(error) => return self.fail(ConnectionError::Protocol(error)),
+                Read::Reply(reply, raw) => self.reply(reply, raw),
+            }
+        }
+    }
+
+    /// What to send to the server.
+    pub fn output(&self) -> &[u8] {
+        self.out.pending()
+    }
+
+    pub fn consume_output(&mut self, n: usize) {
+        self.out.consume(n);
+    }
+
+    /// What the driver should do now. `Done` results come first, once each;
+    /// `Closed` repeats.
+    pub fn next_action(&mut self) -> Action {
+        if let Some(delivery) = self.done.pop_front() {
+            return Action::Done(delivery);
+        }
+        match &self.phase {
+            Phase::Closed(end) => Action::Closed(end.clone()),
+            Phase::Handshake if self.out.is_empty() => Action::StartTls,
+            Phase::TlsRefused(reply) => Action::TlsRefused(reply.clone()),
+            Phase::Open => match self.content_wanted() {
+                Some(id) => Action::NeedContent(id),
+                None if self.ready() => Action::Ready,
+                None => Action::Wait,
+            },
+            _ => Action::Wait,
+        }
+    }
+
+    /// Which timeout applies now.
+    pub fn wait(&self) -> Wait {
+        match &self.phase {
+            Phase::Greeting => Wait::Greeting,
+            Phase::Hello => Wait::Hello,
+            Phase::StartTls => Wait::StartTls,
+            Phase::TlsRefused(_) => Wait::Idle,
+            Phase::Handshake => Wait::Tls,
+            Phase::Open => self.transaction_wait(),
+            Phase::Quitting => Wait::Quit,
+            Phase::Closed(_) => Wait::Closed,
+        }
+    }
+
+    /// Sends a message, if the connection is ready for one (after
+    /// [`Action::Ready`]); otherwise gives it back. A message the server
+    /// cannot take (SIZE, SMTPUTF8, a bad address) is reported failed at
+    /// once, by [`Action::Done`], without being sent.
+    pub fn submit(&mut self, message: Outgoing) -> Result<MessageId, Outgoing> {
+        if !self.ready() {
+            return Err(message);
+        }
+        let id = MessageId(self.next_id);
+        self.next_id += 1;
+        self.start(id, message);
+        Ok(id)
+    }
+
+    /// The next chunk of the message's content, in wire form (CRLF line
+    /// ends, not dot-stuffed), after [`Action::NeedContent`]; `last` with
+    /// the final chunk (which may be empty). Chunks may split the content
+    /// anywhere. Ignored when no content is wanted (the message failed
+    /// meanwhile, say).
+    pub fn supply_content(&mut self, chunk: &[u8], last: bool) {
+        self.content(chunk, last);
+    }
+
+    /// The driver's TLS handshake succeeded (after [`Action::StartTls`]):
+    /// everything learnt before is forgotten and EHLO goes out again.
+    pub fn tls_started(&mut self) {
+        if !matches!(self.phase, Phase::Handshake) {
+            return;
+        }
+        self.tls = true;
+        self.ehlo = None;
+        self.reader = ReplyReader::default();
+        if self.quit_requested {
+            self.send_quit();
+        } else {
+            self.send_ehlo();
+        }
+    }
+
+    /// After [`Action::TlsRefused`]: go on in plaintext.
+    pub fn continue_without_tls(&mut self) {
+        if matches!(self.phase, Phase::TlsRefused(_)) {
+            self.phase = Phase::Open;
+            self.advance();
+        }
+    }
+
+    /// Ends the connection politely: QUIT as soon as nothing else is
+    /// outstanding (at once when ready; after the message in progress, or
+    /// the greeting, EHLO, STARTTLS or TLS step in progress, otherwise).
+    /// Once QUIT is sent the connection ends with its reply: the driver
+    /// may wait for it or close at once.
+    pub fn quit(&mut self) {
+        if matches!(self.phase, Phase::Closed(_) | Phase::Quitting) {
+            return;
+        }
+        self.quit_requested = true;
+        self.advance();
+    }
+
+    /// The connection failed (EOF, a reset, a TLS error): every open
+    /// recipient is deferred.
+    pub fn connection_lost(&mut self) {
+        let wait = self.wait();
+        self.fail(ConnectionError::Lost(wait));
+    }
+
+    /// The timeout of [`Client::wait`] expired: every open recipient is
+    /// deferred.
+    pub fn timed_out(&mut self) {
+        let wait = self.wait();
+        self.fail(ConnectionError::TimedOut(wait));
+    }
+
+    /// The server's EHLO reply in force (the one inside TLS after
+    /// STARTTLS); None before it and after a fallback to HELO.
+    pub fn ehlo(&self) -> Option<&Ehlo> {
+        self.ehlo.as_ref()
+    }
+
+    /// TLS is on (implicit, or started after STARTTLS).
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The message in progress.
+    pub fn current_message(&self) -> Option<MessageId> {
+        self.txn.as_ref().map(|txn| txn.id)
+    }
+
+    fn ready(&self) -> bool {
+        matches!(self.phase, Phase::Open)
+            && self.txn.is_none()
+            && self.expect.is_empty()
+            && !self.quit_requested
+    }
+
+    pub(super) fn pipelining(&self) -> bool {
+        self.ehlo.as_ref().is_some_and(|e| e.pipelining)
+    }
+
+    fn transaction_wait(&self) -> Wait {
+        let Some(txn) = &self.txn else {
+            return Wait::Idle;
+        };
+        if txn.sending_content() && !self.out.is_empty() {
+            return Wait::DataBlock;
+        }
+        match self.expect.front() {
+            Some(expect) => expect.wait(),
+            None if txn.sending_content() || txn.awaits_content() => Wait::DataBlock,
+            None => Wait::Idle,
+        }
+    }
+
+    fn reply(&mut self, reply: Reply, raw: Vec<u8>) {
+        let Some(expect) = self.expect.pop_front() else {
+            return self.fail(ConnectionError::Unsolicited(reply));
+        };
+        if expect == Expect::Quit {
+            // Whatever it says, the conversation is over.
+            self.out.clear();
+            self.expect.clear();
+            self.phase = Phase::Closed(End::Quit);
+            return;
+        }
+        if reply.code == 421 {
+            // RFC 5321 3.8: the server is closing; no more replies come.
+            return self.server_closing(expect.command(), reply);
+        }
+        match expect {
+            Expect::Greeting => self.on_greeting(reply),
+            Expect::Ehlo => self.on_ehlo(reply, raw),
+            Expect::Helo => self.on_helo(reply),
+            Expect::StartTls => self.on_starttls(reply),
+            _ => self.on_transaction_reply(expect, reply),
+        }
+        self.advance();
+    }
+
+    /// Sends what the state allows: the message's next commands, or QUIT.
+    pub(super) fn advance(&mut self) {
+        match self.phase {
+            Phase::Open => {
+                if self.txn.is_some() {
+                    self.pump();
+                }
+                if self.txn.is_none() && self.expect.is_empty() && self.quit_requested {
+                    self.send_quit();
+                }
+            }
+            Phase::TlsRefused(_) if self.quit_requested => self.send_quit(),
+            _ => {}
+        }
+    }
+
+    fn on_greeting(&mut self, reply: Reply) {
+        match reply.class() {
+            2 if self.quit_requested => self.send_quit(),
+            2 => self.send_ehlo(),
+            4 | 5 => self.refuse(Command::Greeting, reply),
+            _ => self.unexpected(Command::Greeting, reply),
+        }
+    }
+
+    fn on_ehlo(&mut self, reply: Reply, raw: Vec<u8>) {
+        match reply.class() {
+            2 => {
+                self.ehlo = Some(Ehlo::parse(&reply, raw));
+                self.after_hello();
+            }
+            // Only a permanent refusal means the server does not know
+            // EHLO (RFC 5321 3.2); a 4xx is the server's trouble.
+            5 => {
+                self.out.command(&format!("HELO {}", self.config.helo_name));
+                self.expect.push_back(Expect::Helo);
+            }
+            4 => self.refuse(Command::Ehlo, reply),
+            _ => self.unexpected(Command::Ehlo, reply),
+        }
+    }
+
+    fn on_helo(&mut self, reply: Reply) {
+        match reply.class() {
+            2 => {
+                self.ehlo = None;
+                self.after_hello();
+            }
+            4 | 5 => self.refuse(Command::Helo, reply),
+            _ => self.unexpected(Command::Helo, reply),
+        }
+    }
+
+    fn after_hello(&mut self) {
+        let offered = self.ehlo.as_ref().is_some_and(|e| e.starttls);
+        if self.quit_requested {
+            self.send_quit();
+        } else if !self.tls && self.config.tls != TlsWanted::Never && offered {
+            self.out.command("STARTTLS");
+            self.expect.push_back(Expect::StartTls);
+            self.phase = Phase::StartTls;
+        } else if !self.tls && self.config.tls == TlsWanted::Required {
+            self.out.clear();
+            self.out.command("QUIT");
+            self.expect.clear();
+            self.phase = Phase::Closed(End::TlsNotOffered);
+        } else {
+            self.phase = Phase::Open;
+        }
+    }
+
+    fn on_starttls(&mut self, reply: Reply) {
+        match reply.class() {
+            2 => self.phase = Phase::Handshake,
+            4 | 5 if self.config.tls == TlsWanted::Required => {
+                self.refuse(Command::StartTls, reply)
+            }
+            4 | 5 => self.phase = Phase::TlsRefused(reply),
+            _ => self.unexpected(Command::StartTls, reply),
+        }
+    }
+
+    fn send_ehlo(&mut self) {
+        self.out.command(&format!("EHLO {}", self.config.helo_name));
+        self.expect.push_back(Expect::Ehlo);
+        self.phase = Phase::Hello;
+    }
+
+    fn send_quit(&mut self) {
+        self.out.command("QUIT");
+        self.expect.push_back(Expect::Quit);
+        self.phase = Phase::Quitting;
+    }
+
+    /// The server will not go on: say QUIT (RFC 5321 3.1 asks for it after
+    /// a refused greeting) and close without waiting. A message in
+    /// progress (only possible after RSET) is deferred.
+    pub(super) fn refuse(&mut self, command: Command, reply: Reply) {
+        self.abandon(Failure::Reply {
+            command,
+            reply: reply.clone(),
+        });
+        self.out.clear();
+        self.out.command("QUIT");
+        self.expect.clear();
+        self.phase = Phase::Closed(End::Refused { command, reply });
+    }
+
+    /// A 421: the open recipients are deferred with it, and the server
+    /// closes, so no QUIT.
+    fn server_closing(&mut self, command: Command, reply: Reply) {
+        self.abandon(Failure::Reply {
+            command,
+            reply: reply.clone(),
+        });
+        self.out.clear();
+        self.expect.clear();
+        self.phase = Phase::Closed(End::Refused { command, reply });
+    }
+
+    pub(super) fn unexpected(&mut self, command: Command, reply: Reply) {
+        self.fail(ConnectionError::Protocol(ProtocolError::UnexpectedReply {
+            command,
+            reply,
+        }));
+    }
+
+    /// The connection cannot go on: defer what is open and close at once.
+    fn fail(&mut self, error: ConnectionError) {
+        let end = match self.phase {
+            Phase::Closed(_) => return,
+            // After QUIT nothing is open: the end is the one asked for.
+            Phase::Quitting => End::Quit,
+            _ => {
+                self.abandon(Failure::Connection(error.clone()));
+                End::Error(error)
+            }
+        };
+        self.out.clear();
+        self.expect.clear();
+        self.phase = Phase::Closed(end);
+    }
+
+    /// Reports the message in progress with every open recipient deferred.
+    fn abandon(&mut self, failure: Failure) {
+        if let Some(mut txn) = self.txn.take() {
+            txn.settle_all(|| Outcome::Deferred(failure.clone()));
+            self.done.push_back(txn.delivery());
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! The EHLO reply: the extensions the engine uses, and the reply itself for
+//! the driver (which may cache it to pipeline early on a later connection).
+
+use super::reply::Reply;
+
+/// What the server's latest EHLO reply said. After STARTTLS only the reply
+/// to the EHLO sent inside TLS counts (RFC 3207 4.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ehlo {
+    /// The reply exactly as received, every byte (CRLFs included), so that
+    /// a cached copy can be compared with a later one byte for byte.
+    pub raw: Vec<u8>,
+    /// The text of each line, the greeting line first (made safe as
+    /// [`Reply::lines`] are).
+    pub lines: Vec<String>,
+    /// RFC 2920.
+    pub pipelining: bool,
+    /// RFC 3030: BDAT.
+    pub chunking: bool,
+    /// RFC 1870: SIZE advertised, so MAIL carries SIZE=.
+    pub size: bool,
+    /// RFC 1870: the server's fixed limit; None without one (`SIZE`,
+    /// `SIZE 0` or a value that is not a number).
+    pub size_limit: Option<u64>,
+    /// RFC 6152.
+    pub eight_bit_mime: bool,
+    /// RFC 6531.
+    pub smtputf8: bool,
+    /// RFC 3207.
+    pub starttls: bool,
+    /// RFC 2034.
+    pub enhanced_status_codes: bool,
+    /// Exim's early pipelining keyword; the engine does not act on it.
+    pub pipe_connect: bool,
+}
+
+impl Ehlo {
+    pub(super) fn parse(reply: &Reply, raw: Vec<u8>) -> Ehlo {
+        let mut ehlo = Ehlo {
+            raw,
+            lines: reply.lines.clone(),
+            pipelining: false,
+            chunking: false,
+            size: false,
+            size_limit: None,
+            eight_bit_mime: false,
+            smtputf8: false,
+            starttls: false,
+            enhanced_status_codes: false,
+            pipe_connect: false,
+        };
+        // The first line is the greeting; each further line is a keyword
+        // and its parameters (RFC 5321 4.1.1.1), keywords in any case.
+        for line in reply.lines.iter().skip(1) {
+            let mut words = line.split(' ').filter(|w| !w.is_empty());
+            let Some(keyword) = words.next() else {
+                continue;
+            };
+            match keyword.to_ascii_uppercase().as_str() {
+                "PIPELINING" => ehlo.pipelining = true,
+                "CHUNKING" => ehlo.chunking = true,
+                "SIZE" => {
+                    ehlo.size = true;
+                    ehlo.size_limit = words.next().and_then(decimal).filter(|&n| n > 0);
+                }
+                "8BITMIME" => ehlo.eight_bit_mime = true,
+                "SMTPUTF8" => ehlo.smtputf8 = true,
+                "STARTTLS" => ehlo.starttls = true,
+                "ENHANCEDSTATUSCODES" => ehlo.enhanced_status_codes = true,
+                "PIPECONNECT" => ehlo.pipe_connect = true,
+                _ => {}
+            }
+        }
+        ehlo
+    }
+}
+
+fn decimal(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(lines: &[&str]) -> Ehlo {
+        let reply = Reply {
+            code: 250,
+            enhanced: None,
+            lines: lines.iter().map(|l| l.to_string()).collect(),
+        };
+        Ehlo::parse(&reply, Vec::new())
+    }
+
+    #[test]
+    fn keywords() {
+        let ehlo = parse(&[
+            "mx.example.org Hello",
+            "size 1000",
+            "8BITMIME",
+            "Pipelining",
+            "CHUNKING",
+            "ENHANCEDSTATUSCODES",
+            "SMTPUTF8",
+            "STARTTLS",
+            "PIPECONNECT",
+            "AUTH PLAIN LOGIN",
+        ]);
+        assert!(ehlo.pipelining && ehlo.chunking && ehlo.eight_bit_mime && ehlo.smtputf8);
+        assert!(ehlo.starttls && ehlo.enhanced_status_codes && ehlo.pipe_connect);
+        assert!(ehlo.size);
+        assert_eq!(ehlo.size_limit, Some(1000));
+        assert_eq!(ehlo.lines.len(), 10);
+    }
+
+    #[test]
+    fn the_greeting_line_is_no_keyword() {
+        let ehlo = parse(&["PIPELINING"]);
+        assert!(!ehlo.pipelining);
+        let ehlo = parse(&["mx", "PIPELINING-NOT", "XSTARTTLS", ""]);
+        assert!(!ehlo.pipelining && !ehlo.starttls);
+    }
+
+    #[test]
+    fn size_without_a_limit() {
+        for (line, limit) in [
+            ("SIZE", None),
+            ("SIZE 0", None),
+            ("SIZE lots", None),
+            ("SIZE 99999999999999999999999", None),
+            ("SIZE  52428800", Some(52428800)),
+        ] {
+            let ehlo = parse(&["mx", line]);
+            assert!(ehlo.size, "{line}");
+            assert_eq!(ehlo.size_limit, limit, "{line}");
+        }
+    }
+}
