@@ -57,6 +57,7 @@ use std::time::Duration;
 pub use client::Client;
 pub use ehlo::Ehlo;
 pub use reply::{EnhancedCode, MAX_LINE, MAX_REPLY, Reply};
+pub use transaction::CONTENT_LOW_WATER;
 
 /// When STARTTLS is used (Postfix's `smtp_tls_security_level`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,8 +127,10 @@ pub enum Action {
     NeedContent(MessageId),
     /// A message is finished: a result for every recipient.
     Done(Delivery),
-    /// The connection is over: write what the output holds (a QUIT, if
-    /// anything), then close. Every message was reported before.
+    /// The connection is over: write what the output holds, if the
+    /// connection still can (a QUIT, after the rest of a command the
+    /// driver had begun to write), then close. Every message was reported
+    /// before.
     Closed(End),
 }
 

@@ -467,6 +467,26 @@ fn helo_fallback_uses_no_extensions() {
 }
 
 #[test]
+fn refusal_completes_a_partly_written_command() {
+    let mut client = Client::new(config(TlsWanted::Never));
+    client.receive(BANNER);
+    client.consume_output(4);
+    // A server that answers before our EHLO is all out. After a 421
+    // nothing more is sent: no QUIT follows to need the line's end.
+    client.receive(b"421 4.7.0 go away\r\n");
+    assert_eq!(client.output(), b"");
+    let mut client = Client::new(config(TlsWanted::Never));
+    client.receive(BANNER);
+    client.consume_output(4);
+    client.receive(b"451 4.7.0 later\r\n");
+    assert_eq!(client.output(), b" client.example\r\nQUIT\r\n");
+    assert!(matches!(
+        client.next_action(),
+        Action::Closed(End::Refused { .. })
+    ));
+}
+
+#[test]
 fn helo_refused() {
     let result = Driver::plain(vec![]).run(&[BANNER, b"502 no\r\n", b"550 go away\r\n"]);
     assert_eq!(
