@@ -10,6 +10,7 @@ pub mod config;
 pub mod conn_limits;
 pub mod control;
 pub mod default_cert;
+pub mod dsn;
 pub mod ffi;
 pub mod fuzz_support;
 pub mod hostlist;
