@@ -32,8 +32,9 @@
 //!   would have arrived.
 //! - Addresses that are not ASCII make a message need SMTPUTF8 even when
 //!   [`Outgoing::smtputf8`] is false.
-//! - Any 2xx to STARTTLS starts TLS (RFC 3207 says 220; Postfix also only
-//!   checks the class): a server that said yes expects a ClientHello.
+//! - Any 2xx greeting is taken (RFC 5321 says 220; Postfix also only checks
+//!   the class), and any 2xx to STARTTLS starts TLS (RFC 3207 says 220): a
+//!   server that said yes to STARTTLS expects a ClientHello.
 //! - RSET goes out before the next MAIL after a transaction the server may
 //!   still hold: MAIL was accepted and the message did not end with the
 //!   reply to the end of DATA or a successful BDAT LAST.
