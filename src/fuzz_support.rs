@@ -24,6 +24,24 @@
 //! are used cyclically until the client's bytes run out (no lengths: one
 //! chunk). The invariants checked are listed on [`smtp_session`].
 //!
+//! # `smtp_client`: input layout
+//!
+//! An 8-byte header, then `n` chunk lengths, then the server's bytes, read
+//! by the client in those chunks (used cyclically, each `l + 1` bytes; no
+//! lengths: one chunk). Code in `fuzz_support/client.rs`; the invariants
+//! are listed on [`smtp_client`].
+//!
+//! | byte | meaning |
+//! |------|---------|
+//! | 0 | flags: bits 0-1 TLS wanted (0 never, 1 if offered, 2-3 required), bit 2 implicit TLS, bit 3 after a refused STARTTLS go on in plaintext (else QUIT), bit 4 partial writes, bit 5 QUIT once no message is left (else stay idle), bit 6 call `tls_started` only after one more chunk is fed (a STARTTLS response injection), bit 7 `quit()` before the greeting |
+//! | 1 | bits 0-2 how many messages the driver submits (message i has `i % 3 + 1` recipients, the null sender when `i % 3 == 2`); bit 3 + i: message i (< 5) also has a recipient with a CRLF in it |
+//! | 2 | bit i % 8: message i is 8-bit |
+//! | 3 | bit i % 8: message i also has a UTF-8 recipient (so needs SMTPUTF8) |
+//! | 4 | bits 0-1: 1 `connection_lost`, 2 `timed_out`, 3 `quit`; bits 2-7: after which chunk (past the last one: at the end) |
+//! | 5 | bits 0-2 the driver's content chunk size (1, 2, 3, 7, 64, 512, 4096, 65536), bits 3-5 the content length (0, 1, 2, 17, 100, 1000, 5000, 70000; a pattern with dots, bare CR and LF, no final CRLF), bit 6 declare a million bytes more (SIZE refusals) |
+//! | 6 | with partial writes, the bytes written per turn of the loop, minus one |
+//! | 7 | `n` = byte % 16: the number of chunk lengths that follow |
+//!
 //! # `tls_connection`: input layout
 //!
 //! A 2-byte header, then `n` chunk lengths, then the client's bytes, as
@@ -46,6 +64,10 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::OnceLock;
+
+mod client;
+
+pub use client::smtp_client;
 
 use crate::smtp::{
     Commit, ConnInfo, Envelope, MessageSink, Next, Recipient, SinkError, Smtp, SmtpConfig,

@@ -1,14 +1,14 @@
 //! Runs the fuzz targets' logic (`gsmtpd::fuzz_support`) on every committed
 //! seed (`fuzz/seeds/<target>/`) and every saved crash reproducer
 //! (`fuzz/regressions/<target>/`), so CI checks them without a fuzzer.
-//! Every file goes through both targets: any input is valid for either.
+//! Every file goes through every target: any input is valid for each.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use gsmtpd::fuzz_support;
 
-const TARGETS: [&str; 2] = ["smtp_session", "tls_connection"];
+const TARGETS: [&str; 3] = ["smtp_session", "tls_connection", "smtp_client"];
 
 fn inputs() -> Vec<PathBuf> {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
@@ -57,4 +57,9 @@ fn smtp_session() {
 #[test]
 fn tls_connection() {
     run_all(fuzz_support::tls_connection);
+}
+
+#[test]
+fn smtp_client() {
+    run_all(fuzz_support::smtp_client);
 }

@@ -400,7 +400,6 @@ impl Client {
             self.expect.push_back(Expect::StartTls);
             self.phase = Phase::StartTls;
         } else if !self.tls && self.config.tls == TlsWanted::Required {
-            self.out.clear();
             self.out.command("QUIT");
             self.expect.clear();
             self.phase = Phase::Closed(End::TlsNotOffered);
@@ -434,13 +433,14 @@ impl Client {
 
     /// The server will not go on: say QUIT (RFC 5321 3.1 asks for it after
     /// a refused greeting) and close without waiting. A message in
-    /// progress (only possible after RSET) is deferred.
+    /// progress (only possible after RSET) is deferred. The output is kept:
+    /// the driver may have written part of a command, whose rest must come
+    /// before the QUIT.
     pub(super) fn refuse(&mut self, command: Command, reply: Reply) {
         self.abandon(Failure::Reply {
             command,
             reply: reply.clone(),
         });
-        self.out.clear();
         self.out.command("QUIT");
         self.expect.clear();
         self.phase = Phase::Closed(End::Refused { command, reply });
@@ -465,7 +465,9 @@ impl Client {
         }));
     }
 
-    /// The connection cannot go on: defer what is open and close at once.
+    /// The connection cannot go on: defer what is open and close at once,
+    /// dropping whatever was not written yet (nothing more goes to a
+    /// server that broke the protocol, or to a dead connection).
     fn fail(&mut self, error: ConnectionError) {
         let end = match self.phase {
             Phase::Closed(_) => return,

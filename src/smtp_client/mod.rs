@@ -32,8 +32,9 @@
 //!   would have arrived.
 //! - Addresses that are not ASCII make a message need SMTPUTF8 even when
 //!   [`Outgoing::smtputf8`] is false.
-//! - Any 2xx to STARTTLS starts TLS (RFC 3207 says 220; Postfix also only
-//!   checks the class): a server that said yes expects a ClientHello.
+//! - Any 2xx greeting is taken (RFC 5321 says 220; Postfix also only checks
+//!   the class), and any 2xx to STARTTLS starts TLS (RFC 3207 says 220): a
+//!   server that said yes to STARTTLS expects a ClientHello.
 //! - RSET goes out before the next MAIL after a transaction the server may
 //!   still hold: MAIL was accepted and the message did not end with the
 //!   reply to the end of DATA or a successful BDAT LAST.
@@ -57,6 +58,7 @@ use std::time::Duration;
 pub use client::Client;
 pub use ehlo::Ehlo;
 pub use reply::{EnhancedCode, MAX_LINE, MAX_REPLY, Reply};
+pub use transaction::CONTENT_LOW_WATER;
 
 /// When STARTTLS is used (Postfix's `smtp_tls_security_level`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,8 +128,10 @@ pub enum Action {
     NeedContent(MessageId),
     /// A message is finished: a result for every recipient.
     Done(Delivery),
-    /// The connection is over: write what the output holds (a QUIT, if
-    /// anything), then close. Every message was reported before.
+    /// The connection is over: write what the output holds, if the
+    /// connection still can (a QUIT, after the rest of a command the
+    /// driver had begun to write), then close. Every message was reported
+    /// before.
     Closed(End),
 }
 

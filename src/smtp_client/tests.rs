@@ -467,6 +467,26 @@ fn helo_fallback_uses_no_extensions() {
 }
 
 #[test]
+fn refusal_completes_a_partly_written_command() {
+    let mut client = Client::new(config(TlsWanted::Never));
+    client.receive(BANNER);
+    client.consume_output(4);
+    // A server that answers before our EHLO is all out. After a 421
+    // nothing more is sent: no QUIT follows to need the line's end.
+    client.receive(b"421 4.7.0 go away\r\n");
+    assert_eq!(client.output(), b"");
+    let mut client = Client::new(config(TlsWanted::Never));
+    client.receive(BANNER);
+    client.consume_output(4);
+    client.receive(b"451 4.7.0 later\r\n");
+    assert_eq!(client.output(), b" client.example\r\nQUIT\r\n");
+    assert!(matches!(
+        client.next_action(),
+        Action::Closed(End::Refused { .. })
+    ));
+}
+
+#[test]
 fn helo_refused() {
     let result = Driver::plain(vec![]).run(&[BANNER, b"502 no\r\n", b"550 go away\r\n"]);
     assert_eq!(
@@ -1496,25 +1516,36 @@ fn bdat_refused_chunk_stops_the_message() {
 
 #[test]
 fn bdat_last_refused() {
-    let make = || Driver::plain(vec![to_bob(), to_bob()]);
-    let result = assert_split_invariant(
-        &make,
-        &[
-            BANNER,
-            &full_ehlo(),
-            &[MAIL_OK, RCPT_OK, b"554 5.7.1 rejected as spam\r\n"].concat(),
-            &[b"250 2.0.0 reset\r\n".as_slice(), MAIL_OK, RCPT_OK, QUEUED].concat(),
-        ],
-    );
-    assert_eq!(
-        result.events[..2],
-        [
-            "#0 bob@example.org failed: 554 5.7.1 rejected as spam (in reply to BDAT LAST command)",
-            "#1 bob@example.org delivered: 250 2.0.0 Ok: queued as 4711",
-        ]
-    );
-    // RFC 3030 does not say the transaction is over: RSET to be sure.
-    assert!(result.wire.contains("hello\r\nRSET\r\nMAIL"));
+    for (reply, event) in [
+        (
+            b"554 5.7.1 rejected as spam\r\n".as_slice(),
+            "failed: 554 5.7.1 rejected as spam (in reply to BDAT LAST command)",
+        ),
+        (
+            b"451 4.7.1 greylisted\r\n",
+            "deferred: 451 4.7.1 greylisted (in reply to BDAT LAST command)",
+        ),
+    ] {
+        let make = || Driver::plain(vec![to_bob(), to_bob()]);
+        let result = assert_split_invariant(
+            &make,
+            &[
+                BANNER,
+                &full_ehlo(),
+                &[MAIL_OK, RCPT_OK, reply].concat(),
+                &[b"250 2.0.0 reset\r\n".as_slice(), MAIL_OK, RCPT_OK, QUEUED].concat(),
+            ],
+        );
+        assert_eq!(
+            result.events[..2],
+            [
+                format!("#0 bob@example.org {event}"),
+                "#1 bob@example.org delivered: 250 2.0.0 Ok: queued as 4711".into(),
+            ]
+        );
+        // RFC 3030 does not say the transaction is over: RSET to be sure.
+        assert!(result.wire.contains("hello\r\nRSET\r\nMAIL"));
+    }
 }
 
 #[test]

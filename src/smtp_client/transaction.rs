@@ -18,7 +18,7 @@ use super::{
 /// The engine asks for content while less than this is waiting to be
 /// written, so memory stays bounded by this plus one chunk and the socket
 /// has a full buffer behind it while the driver reads the next chunk.
-pub(super) const CONTENT_LOW_WATER: usize = 64 * 1024;
+pub const CONTENT_LOW_WATER: usize = 64 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Answer {
