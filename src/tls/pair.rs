@@ -58,7 +58,8 @@ mod tests {
     use crate::tls::session_db::{CacheOp, SessionDb};
     use crate::tls::ticket_keys::{self, MasterKey};
     use crate::tls::{
-        ClientSession, ClientSetup, Credentials, Priority, ServerSession, SessionSetup, x509,
+        ClientSession, ClientSetup, Credentials, Priority, ReadStatus, ServerSession, SessionSetup,
+        x509,
     };
 
     struct Side {
@@ -331,6 +332,54 @@ mod tests {
         pass(&mut server, &mut client);
         got.clear();
         client.read(&mut got).unwrap();
+        assert_eq!(got, b"250 ok\r\n");
+    }
+
+    /// A TLS 1.3 server sends its tickets right behind its Finished; the
+    /// client's handshake ends before reading them, and they reach its
+    /// first read together with the server's first reply (a STARTTLS
+    /// client's EHLO answer), which must not wait for more input.
+    #[test]
+    fn a_reply_behind_tls13_tickets_is_read_at_once() {
+        let s = side();
+        let prio = Rc::new(Priority::new("NORMAL:-VERS-ALL:+VERS-TLS1.3").unwrap());
+        let mut server = ServerSession::new(SessionSetup {
+            credentials: &s.server_creds,
+            priority: &prio,
+            ticket_key: Some(&s.key),
+            no_new_tickets: false,
+            cache: None,
+            lifetime: 600,
+        })
+        .unwrap();
+        let mut client = ClientSession::new(ClientSetup {
+            credentials: &s.client_creds,
+            priority: &prio,
+            server_name: Some("localhost"),
+            verify_name: None,
+            ocsp: false,
+            resume: None,
+        })
+        .unwrap();
+        let (mut client_done, mut server_done) = (false, false);
+        for _ in 0..8 {
+            if !client_done {
+                client_done = matches!(client.handshake().unwrap(), Handshake::Done);
+            }
+            pass(&mut client, &mut server);
+            if !server_done {
+                server_done = matches!(server.handshake().unwrap(), Handshake::Done);
+            }
+            if client_done && server_done {
+                break;
+            }
+            pass(&mut server, &mut client);
+        }
+        assert!(client_done && server_done);
+        server.write(b"250 ok\r\n").unwrap();
+        pass(&mut server, &mut client);
+        let mut got = Vec::new();
+        assert!(matches!(client.read(&mut got).unwrap(), ReadStatus::Open));
         assert_eq!(got, b"250 ok\r\n");
     }
 }

@@ -329,6 +329,7 @@ impl Endpoint {
     /// the plaintext to `out`.
     pub fn read(&mut self, out: &mut Vec<u8>) -> Result<ReadStatus, TlsError> {
         let mut retries = 0;
+        let mut read_pos = self.io.read_pos;
         loop {
             // GnuTLS decrypts straight into the spare capacity: no bounce
             // buffer to zero (16 KiB per call) and copy from.
@@ -351,8 +352,18 @@ impl Endpoint {
                 return Ok(ReadStatus::Closed);
             }
             let rc = rc as c_int;
+            // GnuTLS also answers E_AGAIN after a post-handshake message
+            // (a TLS 1.3 NewSessionTicket, a KeyUpdate) with more records
+            // behind it, as a server sends its tickets and first reply
+            // together: only an empty transport means "wait for input".
             if rc == ffi::GNUTLS_E_AGAIN && self.check_pending() == 0 {
-                return Ok(ReadStatus::Open);
+                if self.io.unread().is_empty() {
+                    return Ok(ReadStatus::Open);
+                }
+                if self.io.read_pos != read_pos {
+                    read_pos = self.io.read_pos;
+                    continue;
+                }
             }
             if rc == ffi::GNUTLS_E_REHANDSHAKE {
                 // A TLS 1.2 client asking to renegotiate: decline politely.
