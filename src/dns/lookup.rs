@@ -34,6 +34,8 @@ pub enum Answer {
     Mx(Result<Vec<(u16, String)>, Failure>),
     A(Result<Vec<Ipv4Addr>, Failure>),
     Aaaa(Result<Vec<Ipv6Addr>, Failure>),
+    /// The host's addresses in the hosts file (none: not there).
+    HostsFile(Vec<IpAddr>),
 }
 
 /// A question to ask: `host` is the index of the exchanger (or host) the
@@ -43,6 +45,8 @@ pub enum Question {
     Mx,
     A(usize),
     Aaaa(usize),
+    /// The hosts file, for a `Query::Host` (answered without the network).
+    HostsFile,
 }
 
 #[derive(Debug)]
@@ -105,7 +109,11 @@ impl Lookup {
             return (lookup, Step::Done(Ok(vec![target])));
         }
         if !mx {
-            let step = lookup.ask_addresses(vec![(lookup.name.clone(), 0)]);
+            // A host named by the operator (a `[host]` route) may be one
+            // the hosts file knows, as for Exim's `byname` and every other
+            // program on the machine; exchangers come from the DNS only.
+            lookup.waiting = 1;
+            let step = Step::Ask(vec![(lookup.name.clone(), Question::HostsFile)]);
             return (lookup, step);
         }
         lookup.waiting = 1;
@@ -136,6 +144,7 @@ impl Lookup {
                 }
                 self.after_address()
             }
+            (Question::HostsFile, Answer::HostsFile(found)) => self.on_hosts_file(found),
             // Cannot happen: each question's callback makes its own kind.
             _ => self.after_address(),
         }
@@ -179,6 +188,22 @@ impl Lookup {
             ))));
         }
         self.ask_addresses(exchangers)
+    }
+
+    fn on_hosts_file(&mut self, mut found: Vec<IpAddr>) -> Step {
+        if found.is_empty() {
+            return self.ask_addresses(vec![(self.name.clone(), 0)]);
+        }
+        // IPv6 first, as from the DNS; stable, so the file's order within
+        // each family stays.
+        let mut seen = std::collections::HashSet::new();
+        found.retain(|ip| seen.insert(*ip));
+        found.sort_by_key(|ip| ip.is_ipv4());
+        Step::Done(Ok(vec![Target {
+            host: self.name.clone(),
+            preference: 0,
+            addrs: found,
+        }]))
     }
 
     fn ask_addresses(&mut self, hosts: Vec<(String, u16)>) -> Step {
@@ -568,6 +593,7 @@ mod tests {
 
         // One family failing temporarily: the other's addresses are used.
         let (mut lookup, _) = Lookup::start(Query::Host("h.example".into()));
+        lookup.answer(Question::HostsFile, Answer::HostsFile(Vec::new()), r);
         lookup.answer(Question::Aaaa(0), Answer::Aaaa(Err(temp("SERVFAIL"))), r);
         let step = lookup.answer(Question::A(0), v4(&["192.0.2.7"]), r);
         assert_eq!(done(step).unwrap()[0].addrs, vec![ip("192.0.2.7")]);
@@ -644,7 +670,14 @@ mod tests {
             Step::Ask(vec![("192.0.2.5".into(), Question::Mx)]),
             "a domain is no address without brackets"
         );
+        // A host name: the hosts file first, then the DNS.
         let (mut lookup, step) = Lookup::start(Query::Host("Relay.Example.".into()));
+        assert_eq!(
+            step,
+            Step::Ask(vec![("relay.example".into(), Question::HostsFile)])
+        );
+        let r = &mut no_shuffle;
+        let step = lookup.answer(Question::HostsFile, Answer::HostsFile(Vec::new()), r);
         assert_eq!(
             step,
             Step::Ask(vec![
@@ -652,9 +685,21 @@ mod tests {
                 ("relay.example".into(), Question::A(0)),
             ])
         );
-        let r = &mut no_shuffle;
         lookup.answer(Question::A(0), Answer::A(Err(Failure::NoSuchName)), r);
         let step = lookup.answer(Question::Aaaa(0), Answer::Aaaa(Err(Failure::NoSuchName)), r);
         assert_eq!(done(step), Err(DnsError::NoSuchDomain));
+
+        let (mut lookup, _) = Lookup::start(Query::Host("files.example".into()));
+        let found = vec![ip("192.0.2.9"), ip("2001:db8::9"), ip("192.0.2.9")];
+        let step = lookup.answer(Question::HostsFile, Answer::HostsFile(found), r);
+        assert_eq!(
+            done(step).unwrap(),
+            vec![Target {
+                host: "files.example".into(),
+                preference: 0,
+                addrs: vec![ip("2001:db8::9"), ip("192.0.2.9")],
+            }],
+            "from the hosts file, IPv6 first, no query"
+        );
     }
 }

@@ -26,10 +26,11 @@
 //!   also at the end of a CNAME chain) makes the domain its own exchanger at
 //!   preference 0; a null MX (a lone `MX 0 .`) is `NullMx`; NXDOMAIN is
 //!   `NoSuchDomain`. At most `MAX_EXCHANGERS` exchangers are resolved.
-//! - `Query::Host(name)`: the addresses of one host (`[host]` routes); an
-//!   IP address given as the name is answered at once, with no query, as
-//!   is an address literal (`[192.0.2.1]`, `[IPv6:2001:db8::1]`) given to
-//!   either kind of query.
+//! - `Query::Host(name)`: the addresses of one host (`[host]` routes): from
+//!   the hosts file when it names the host (c-ares reads `/etc/hosts`, as
+//!   the C library would), otherwise from the DNS. An IP address given as
+//!   the name is answered at once, with no query, as is an address literal
+//!   (`[192.0.2.1]`, `[IPv6:2001:db8::1]`) given to either kind of query.
 //! - Each target's addresses: IPv6 first, then IPv4, each family in the
 //!   order the DNS gave. RFC 6724's default policy prefers IPv6 as well, and
 //!   a host without an IPv6 route fails such a connect at once
@@ -40,7 +41,8 @@
 //!   an address and some failure was temporary is the result `TempFail`.
 //!
 //! Queries go out with `ares_query` (one question, no search list, no
-//! `/etc/hosts`); c-ares follows CNAME chains in the answers, retries over
+//! `/etc/hosts`); the hosts file is read by `ares_getaddrinfo` on a second
+//! channel whose only lookup is the file, which answers within the call; c-ares follows CNAME chains in the answers, retries over
 //! TCP when an answer is truncated, and caches answers for their TTL (at
 //! most an hour, its default).
 //!
@@ -73,7 +75,7 @@ use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use c_ares::{Channel, Options};
+use c_ares::{AddrInfoFlags, AddrInfoHints, Channel, Options};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
@@ -232,6 +234,8 @@ impl Shuffle {
 
 pub struct Resolver {
     channel: Channel,
+    /// Looks in the hosts file only (`Question::HostsFile`).
+    hosts_file: Channel,
     inbox: Arc<Mutex<Inbox>>,
     /// The descriptors the caller was told to watch, with that interest.
     watched: HashMap<RawFd, (bool, bool)>,
@@ -280,8 +284,15 @@ impl Resolver {
                 .set_servers(&list)
                 .map_err(|e| format!("c-ares refused the DNS servers {}: {e}", list.join(",")))?;
         }
+        let mut file_only = Options::new();
+        file_only
+            .set_lookups("f")
+            .map_err(|e| format!("cannot start c-ares: {e}"))?;
+        let hosts_file =
+            Channel::with_options(file_only).map_err(|e| format!("cannot start c-ares: {e}"))?;
         Ok(Resolver {
             channel,
+            hosts_file,
             inbox,
             watched: HashMap::new(),
             lookups: HashMap::new(),
@@ -440,6 +451,22 @@ impl Resolver {
                         .map_err(failure),
                 ));
             }),
+            Question::HostsFile => {
+                // NOSORT: no RFC 6724 sorting, which would connect a UDP
+                // socket to each address to find its source.
+                let hints = AddrInfoHints {
+                    flags: AddrInfoFlags::NOSORT,
+                    ..AddrInfoHints::default()
+                };
+                self.hosts_file
+                    .get_addrinfo(name, None, &hints, move |result| {
+                        let found = match result {
+                            Ok(info) => info.nodes().filter_map(|n| n.ip_addr()).collect(),
+                            Err(_) => Vec::new(),
+                        };
+                        deliver(Answer::HostsFile(found));
+                    });
+            }
         }
     }
 

@@ -657,3 +657,20 @@ fn c_ares_statuses_map_to_permanent_or_temporary() {
         "the domain accepts no mail (null MX)"
     );
 }
+
+#[test]
+fn a_host_in_the_hosts_file_needs_no_dns_server_and_an_exchanger_does() {
+    // Nothing answers on port 9 of loopback: any DNS query fails.
+    let mut resolver = resolver_for("127.0.0.1:9".parse().unwrap());
+    let mut harness = Harness::new();
+    let found = harness
+        .one(&mut resolver, Query::Host("LocalHost".into()))
+        .expect("localhost from the hosts file");
+    assert_eq!(hosts(&found), ["localhost"]);
+    assert!(found[0].addrs.contains(&ip("127.0.0.1")), "{found:?}");
+    // MX lookups never look in the file.
+    assert!(matches!(
+        harness.one(&mut resolver, mx("localhost")),
+        Err(DnsError::TempFail(_))
+    ));
+}
