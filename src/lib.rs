@@ -17,6 +17,7 @@ pub mod fuzz_support;
 pub mod hostlist;
 pub mod logging;
 pub mod os;
+pub mod outbound;
 pub mod pid_file;
 pub mod privileges;
 pub mod queue;

@@ -90,7 +90,7 @@ fn is_domain(name: &str) -> bool {
 }
 
 /// Where to connect for a routed domain.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NextHop {
     /// A host name (lowercase, no trailing dot), or the text of `ip`.
     pub host: String,
@@ -219,7 +219,7 @@ pub fn routes_for<'a>(routes: &'a [Route], domain: &str) -> Option<&'a NextHop> 
 }
 
 /// How much TLS a next hop must give, weakest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TlsLevel {
     /// Plaintext: no STARTTLS even when offered.
     None,
@@ -233,7 +233,7 @@ pub enum TlsLevel {
 }
 
 /// What `--tls-policy` asks for one destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TlsRequirement {
     pub level: TlsLevel,
     /// `+ocsp`: whenever TLS is used, it must come with a valid stapled

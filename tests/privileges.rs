@@ -64,10 +64,11 @@ fn user_flag_drops_every_root_id_and_delivers_as_that_user() {
         "no supplementary groups left from root"
     );
     server.wait_log(&format!("running as user {USER}"));
-    // Forked after the switch: no worker ever held root.
-    let workers = server.workers();
-    assert!(!workers.is_empty());
-    for worker in workers {
+    // Forked after the switch: no worker, nor the delivery process, ever
+    // held root.
+    let children = children(server.child.id());
+    assert_eq!(children.len(), server.workers().len() + 1);
+    for worker in children {
         assert_eq!(status_ids(worker, "Uid:"), [uid; 4], "worker {worker}");
         assert_eq!(status_ids(worker, "Gid:"), [gid; 4], "worker {worker}");
     }

@@ -141,10 +141,6 @@ impl Schedule {
         self.messages.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
-    }
-
     /// Recipients due at `now`, by message, oldest message first; they
     /// become `Trying` until their outcome is reported.
     pub fn take_due(&mut self, now: u64) -> Vec<(String, Vec<usize>)> {
@@ -289,7 +285,10 @@ mod tests {
         assert_eq!(s.take_due(T0), vec![("m1".to_string(), vec![0, 1])]);
         assert!(s.take_due(T0).is_empty(), "being tried: not due again");
         s.done("m1", 1);
-        assert_eq!(s.deferred("m1", 0, T0 + 1, "451 later"), Deferred::Retry(T0 + 301));
+        assert_eq!(
+            s.deferred("m1", 0, T0 + 1, "451 later"),
+            Deferred::Retry(T0 + 301)
+        );
         assert!(s.take_due(T0 + 300).is_empty());
         assert_eq!(s.take_due(T0 + 301), vec![("m1".to_string(), vec![0])]);
         assert_eq!(

@@ -39,10 +39,17 @@ pub struct Record {
     pub outcome: Outcome,
 }
 
+impl Outcome {
+    /// Delivered or failed: nothing more will be tried.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Outcome::Deferred { .. })
+    }
+}
+
 impl Record {
     /// Delivered or failed: nothing more will be tried.
     pub fn is_final(&self) -> bool {
-        !matches!(self.outcome, Outcome::Deferred { .. })
+        self.outcome.is_final()
     }
 
     fn line(&self) -> String {

@@ -76,6 +76,18 @@ pub struct Recipient {
     pub relay: bool,
 }
 
+/// A mailbox "local@domain" split into its unquoted local-part and its
+/// lowercase domain, when it is valid and the local-part is safe as a
+/// directory name (as our own recipients' are): where a bounce to one of
+/// our senders is delivered.
+pub fn local_mailbox(text: &str) -> Option<(String, String)> {
+    let mailbox = address::parse_mailbox(text, true).ok()?;
+    if mailbox.literal || !address::safe_local_part(&mailbox.local) {
+        return None;
+    }
+    Some((mailbox.local, mailbox.domain.to_ascii_lowercase()))
+}
+
 impl Recipient {
     /// "local@domain" as it goes into a RCPT TO (quoted where needed).
     pub fn mailbox(&self) -> String {

@@ -5,8 +5,11 @@
 //! `crate::server` on its slot's sockets. It serves no connection itself.
 //! Its own single-threaded mio loop:
 //!
-//! - replaces a worker that dies (logged with its pid and how it ended),
-//!   at once, or after a growing pause when it keeps dying (`slots`);
+//! - starts the delivery process (`crate::outbound`), which sends the
+//!   queue onward, and passes it `gsmtpd queue flush` (SIGUSR1);
+//! - replaces a worker or the delivery process that dies (logged with its
+//!   pid and how it ended), at once, or after a growing pause when it keeps
+//!   dying (`slots`);
 //! - rotates the ticket masters or follows the key file, and tells every
 //!   worker (`keys`); a new worker gets the whole ring before it serves;
 //! - keeps the TLS 1.2 session cache for all workers. It alone writes the
@@ -36,6 +39,7 @@ use crate::config::Config;
 use crate::conn_limits::ConnCounts;
 use crate::control::{Channel, Secret, ToChild, ToSupervisor};
 use crate::os::{self, Forked};
+use crate::outbound::{self, OutboundStart};
 use crate::pid_file::PidFile;
 use crate::queue::QueueDir;
 use crate::server::{Kind, Listener, Server, TlsContext, WorkerStart, bind_sets};
@@ -106,7 +110,9 @@ struct Supervisor {
     sessions: Option<SessionCache>,
     cache_commit_at: Option<Instant>,
     purge_at: Instant,
+    /// The workers' slots, then the delivery process's (`delivery`).
     slots: Vec<Slot>,
+    delivery: usize,
     phase: Phase,
     /// Why the start failed, once a worker died before listening.
     failed: Option<String>,
@@ -142,6 +148,7 @@ impl Supervisor {
             Signal::SIGINT,
             Signal::SIGHUP,
             Signal::SIGCHLD,
+            Signal::SIGUSR1,
         ])
         .map_err(|e| format!("signals: {e}"))?;
         give_up_root(config)?;
@@ -189,12 +196,13 @@ impl Supervisor {
             sessions: open_session_cache(config),
             cache_commit_at: None,
             purge_at: Instant::now() + PURGE_EVERY,
-            slots: (0..config.workers).map(|_| Slot::default()).collect(),
+            slots: (0..=config.workers).map(|_| Slot::default()).collect(),
+            delivery: config.workers,
             phase: Phase::Starting,
             failed: None,
             _pid_file: pid_file,
         };
-        for slot in 0..config.workers {
+        for slot in 0..=config.workers {
             supervisor.spawn(slot)?;
         }
         Ok(supervisor)
@@ -251,21 +259,38 @@ impl Supervisor {
             .fold(TICK, Duration::min)
     }
 
-    /// Forks the worker of `slot`. Its channel already holds the ticket key
-    /// ring and `Start`, so it has them before it serves.
+    /// How the log names the process of `slot`.
+    fn label(&self, slot: usize) -> String {
+        if slot == self.delivery {
+            "the delivery process".into()
+        } else {
+            format!("worker {slot}")
+        }
+    }
+
+    /// Forks the process of `slot`. A worker's channel already holds the
+    /// ticket key ring and `Start`, so it has them before it serves.
     fn spawn(&mut self, slot: usize) -> Result<(), String> {
+        let label = self.label(slot);
         let (mut ours, theirs) =
-            Channel::pair().map_err(|e| format!("a channel for worker {slot}: {e}"))?;
-        let mut first = self.keys.as_ref().map(Keys::snapshot).unwrap_or_default();
+            Channel::pair().map_err(|e| format!("a channel for {label}: {e}"))?;
+        let mut first = Vec::new();
+        if slot != self.delivery {
+            first = self.keys.as_ref().map(Keys::snapshot).unwrap_or_default();
+        }
         first.push(ToChild::Start.encode());
         for packet in first {
             ours.send(packet)
-                .map_err(|e| format!("starting worker {slot}: {e}"))?;
+                .map_err(|e| format!("starting {label}: {e}"))?;
         }
         match os::fork().map_err(|e| format!("fork: {e}"))? {
             Forked::Child => {
                 drop(ours);
-                let status = self.become_worker(slot, theirs);
+                let status = if slot == self.delivery {
+                    self.become_delivery(theirs)
+                } else {
+                    self.become_worker(slot, theirs)
+                };
                 // No unwinding into the supervisor's frames: its values,
                 // whose descriptors this process closed, are never dropped.
                 std::process::exit(status)
@@ -279,12 +304,41 @@ impl Supervisor {
                         Token(FIRST_SLOT + slot),
                         Interest::READABLE | Interest::WRITABLE,
                     )
-                    .map_err(|e| format!("registering worker {slot}'s channel: {e}"))?;
-                log::info!("worker {slot} started (pid {pid})");
+                    .map_err(|e| format!("registering {label}'s channel: {e}"))?;
+                log::info!("{label} started (pid {pid})");
                 self.slots[slot].started(pid, ours, Instant::now());
                 Ok(())
             }
         }
+    }
+
+    /// In the forked child: what every child does first. It dies with the
+    /// supervisor, and keeps no descriptor of the supervisor's but `keep`.
+    fn become_child(&self, keep: &[RawFd]) -> Result<bool, String> {
+        // SIGKILL of the supervisor runs none of its code: the kernel
+        // tells the child instead.
+        nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)
+            .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
+        if nix::unistd::getppid() != self.pid {
+            return Ok(false);
+        }
+        os::close_fds_except(keep).map_err(|e| format!("closing descriptors: {e}"))?;
+        Ok(true)
+    }
+
+    /// In the forked child: runs the delivery process. Returns the exit
+    /// status.
+    fn become_delivery(&self, channel: Channel) -> i32 {
+        let run = || -> Result<(), String> {
+            if !self.become_child(&[channel.raw_fd()])? {
+                return Ok(());
+            }
+            outbound::run(OutboundStart {
+                config: self.config.clone(),
+                channel,
+            })
+        };
+        exit_status("the delivery process", run)
     }
 
     /// In the forked child: drops everything of the supervisor's but the
@@ -292,13 +346,6 @@ impl Supervisor {
     /// the exit status.
     fn become_worker(&self, slot: usize, channel: Channel) -> i32 {
         let run = || -> Result<(), String> {
-            // SIGKILL of the supervisor runs none of its code: the kernel
-            // tells the worker instead.
-            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)
-                .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
-            if nix::unistd::getppid() != self.pid {
-                return Ok(());
-            }
             let listeners = self.listeners[slot]
                 .iter()
                 .map(Listener::try_clone)
@@ -306,7 +353,9 @@ impl Supervisor {
                 .map_err(|e| format!("worker sockets: {e}"))?;
             let mut keep: Vec<RawFd> = listeners.iter().map(|l| l.socket.as_raw_fd()).collect();
             keep.push(channel.raw_fd());
-            os::close_fds_except(&keep).map_err(|e| format!("closing descriptors: {e}"))?;
+            if !self.become_child(&keep)? {
+                return Ok(());
+            }
             let mut server = Server::new(WorkerStart {
                 config: self.config.clone(),
                 slot,
@@ -317,21 +366,19 @@ impl Supervisor {
             })?;
             server.run().map_err(|e| format!("event loop: {e}"))
         };
-        match catch_unwind(AssertUnwindSafe(run)) {
-            Ok(Ok(())) => 0,
-            Ok(Err(e)) => {
-                log::error!("worker {slot}: {e}");
-                1
-            }
-            // The panic hook has logged the message.
-            Err(_) => EXIT_PANIC,
-        }
+        exit_status(&format!("worker {slot}"), run)
     }
 
     fn on_signals(&mut self) {
         for signal in self.signals.pending() {
             match signal {
                 Signal::SIGCHLD => self.reap(),
+                Signal::SIGUSR1 => {
+                    log::info!("queue flush requested: passing it to the delivery process");
+                    if let Some(channel) = self.slots[self.delivery].channel.as_mut() {
+                        let _ = channel.send(ToChild::Flush.encode());
+                    }
+                }
                 Signal::SIGHUP => {
                     log::info!("SIGHUP received: passing it to every worker");
                     self.signal_workers(Signal::SIGHUP);
@@ -346,6 +393,7 @@ impl Supervisor {
         }
     }
 
+    /// Signals every child: the workers and the delivery process.
     fn signal_workers(&self, signal: Signal) {
         for pid in self.slots.iter().filter_map(|s| s.pid) {
             let _ = kill(pid, signal);
@@ -377,19 +425,22 @@ impl Supervisor {
         let Some(slot) = self.slots.iter().position(|s| s.pid == Some(pid)) else {
             return;
         };
-        // Its connections are gone with it.
-        self.counts.clear(slot);
+        if slot != self.delivery {
+            // Its connections are gone with it.
+            self.counts.clear(slot);
+        }
+        let label = self.label(slot);
         let now = Instant::now();
         match self.phase {
             Phase::Stopping { .. } => {
-                log::info!("worker {slot} (pid {pid}) {how}");
+                log::info!("{label} (pid {pid}) {how}");
                 self.slots[slot].died(now);
             }
             Phase::Starting => {
-                log::error!("worker {slot} (pid {pid}) {how} before it could listen");
+                log::error!("{label} (pid {pid}) {how} before it was ready");
                 self.slots[slot].died(now);
                 self.failed = Some(format!(
-                    "worker {slot} {how} during start-up (its log lines say why)"
+                    "{label} {how} during start-up (its log lines say why)"
                 ));
                 self.stop("start-up failed");
             }
@@ -400,7 +451,7 @@ impl Supervisor {
                 } else {
                     format!("it keeps dying: replacing it in {} ms", pause.as_millis())
                 };
-                log::error!("worker {slot} (pid {pid}) {how}; {next}");
+                log::error!("{label} (pid {pid}) {how}; {next}");
             }
         }
     }
@@ -460,7 +511,7 @@ impl Supervisor {
         self.slots[slot].ready = true;
         if self.phase != Phase::Starting {
             if let Some(pid) = self.slots[slot].pid {
-                log::info!("worker {slot} (pid {pid}) listening");
+                log::info!("{} (pid {pid}) ready", self.label(slot));
             }
             return;
         }
@@ -479,7 +530,7 @@ impl Supervisor {
             "gsmtpd {} (GnuTLS {gnutls}) as {}, {} worker(s): listening on {}",
             env!("CARGO_PKG_VERSION"),
             self.config.hostname,
-            self.slots.len(),
+            self.delivery,
             addrs.join(", ")
         );
         sd_notify::notify("READY=1");
@@ -531,7 +582,7 @@ impl Supervisor {
 
     /// Sends every packet to every worker, then wipes them (they hold keys).
     fn broadcast(&mut self, mut packets: Vec<Vec<u8>>) {
-        for slot in &mut self.slots {
+        for slot in &mut self.slots[..self.delivery] {
             if let Some(channel) = slot.channel.as_mut() {
                 for packet in &packets {
                     let _ = channel.send(packet.clone());
@@ -560,6 +611,19 @@ impl Supervisor {
         // the kernel refuses new clients rather than queue them.
         self.listeners.clear();
         self.signal_workers(Signal::SIGTERM);
+    }
+}
+
+/// Runs a child's job; its exit status: 0, 1 after an error (logged), or
+/// EXIT_PANIC after a panic (the panic hook has logged it).
+fn exit_status(label: &str, run: impl FnOnce() -> Result<(), String>) -> i32 {
+    match catch_unwind(AssertUnwindSafe(run)) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            log::error!("{label}: {e}");
+            1
+        }
+        Err(_) => EXIT_PANIC,
     }
 }
 

@@ -204,9 +204,23 @@ impl Server {
         self.signal(sig);
     }
 
-    /// The worker processes: the supervisor's children.
+    /// The worker processes: the supervisor's children but the delivery
+    /// process.
     pub fn workers(&self) -> Vec<u32> {
+        let delivery = self.delivery_pids();
         children(self.child.id())
+            .into_iter()
+            .filter(|pid| !delivery.contains(pid))
+            .collect()
+    }
+
+    /// Every delivery process started so far.
+    pub fn delivery_pids(&self) -> Vec<u32> {
+        self.log()
+            .lines()
+            .filter_map(|l| l.split_once("the delivery process started (pid "))
+            .filter_map(|(_, rest)| rest.split(')').next()?.parse().ok())
+            .collect()
     }
 
     /// Waits until the server has `n` live workers; returns their pids.
@@ -264,7 +278,12 @@ impl Server {
 
     /// Every message file delivered to user@example.org.
     pub fn mailbox(&self, user: &str) -> Vec<Vec<u8>> {
-        let dir = self.maildir.join(DOMAIN).join(user).join("new");
+        self.mailbox_of(DOMAIN, user)
+    }
+
+    /// Every message file delivered to user@domain.
+    pub fn mailbox_of(&self, domain: &str, user: &str) -> Vec<Vec<u8>> {
+        let dir = self.maildir.join(domain).join(user).join("new");
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .map(|d| d.map(|e| e.unwrap().path()).collect())
             .unwrap_or_default();
@@ -275,9 +294,77 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // A failing test shows what the server said.
+        if thread::panicking() {
+            eprintln!(
+                "--- log of the gsmtpd in {}:\n{}",
+                self.state.display(),
+                self.log()
+            );
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A loopback TCP port nothing listens on now (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// dnsmasq answering on a loopback port with the given records and
+/// nothing else (no upstream, no /etc/hosts). Killed on drop.
+pub struct Dnsmasq {
+    child: Child,
+    pub port: u16,
+}
+
+impl Dnsmasq {
+    pub fn start(records: &[String]) -> Dnsmasq {
+        for _ in 0..10 {
+            let port = free_udp_port();
+            let mut child = Command::new("dnsmasq")
+                .args([
+                    "--no-daemon",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--bind-interfaces",
+                    "--listen-address=127.0.0.1",
+                    "--pid-file=",
+                    "--cache-size=0",
+                    &format!("--port={port}"),
+                ])
+                .args(records)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("dnsmasq is installed by scripts/deps test (dnsmasq-base)");
+            thread::sleep(Duration::from_millis(100));
+            if child.try_wait().unwrap().is_none() {
+                return Dnsmasq { child, port };
+            }
+        }
+        panic!("dnsmasq would not start");
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The pid a log line names: `[ts LEVEL target] [PID] message`.

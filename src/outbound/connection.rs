@@ -1,0 +1,532 @@
+//! One connection to a next hop: the TCP socket, TLS once it is started
+//! (by STARTTLS, or from the first byte on an `smtps:` route), and the SMTP
+//! client engine (`crate::smtp_client`), driven by the delivery process's
+//! loop. It takes its destination's waiting jobs one after the other while
+//! there are any, and reports each message's results and its own end.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::mem;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+
+use super::destination::{Address, Job, Key};
+use super::schedule::Schedule;
+use crate::queue::QueueDir;
+use crate::routing::TlsLevel;
+use crate::smtp_client::{
+    Action, Client, ClientConfig, End, MessageId, Outcome, Outgoing, TlsWanted,
+};
+use crate::tls::{ClientSession, ClientSetup, Credentials, Handshake, Priority, ReadStatus};
+
+/// RFC 5321 gives no connect timeout; Postfix waits 30 s.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A whole TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Content goes to the engine in pieces of this size.
+const CHUNK: usize = 64 * 1024;
+
+/// What every outbound TLS session is made from.
+pub struct ClientTls {
+    /// With the trust anchors of --ca-file or the system store.
+    pub credentials: Rc<Credentials>,
+    pub priority: Rc<Priority>,
+}
+
+/// What a connection needs from the loop while it runs.
+pub struct Ctx<'a> {
+    /// Its destination's waiting jobs.
+    pub jobs: &'a mut VecDeque<Job>,
+    pub schedule: &'a Schedule,
+    pub queue: &'a QueueDir,
+    pub tls: &'a ClientTls,
+    /// The process is stopping: take no new job.
+    pub stopping: bool,
+}
+
+/// What the loop learns from a connection.
+#[derive(Debug)]
+pub enum Event {
+    /// The results of a job's message, per recipient in job order.
+    Results {
+        job: Job,
+        results: Vec<Outcome>,
+        /// `X=` of the log line, when TLS was used.
+        tls: Option<String>,
+    },
+    /// The connection is over.
+    Closed(Closed),
+}
+
+#[derive(Debug)]
+pub struct Closed {
+    /// Why, in the words of a log line (None after a QUIT).
+    pub reason: Option<String>,
+    /// The server refused us for good (5xx greeting or HELO).
+    pub permanent: bool,
+    /// The TLS handshake failed (under `may` another try goes without
+    /// STARTTLS).
+    pub tls_failed: bool,
+    /// It never got as far as a message: another address may be tried.
+    pub before_any_message: bool,
+}
+
+enum Tls {
+    Off,
+    Handshaking(Box<ClientSession>),
+    On(Box<ClientSession>),
+}
+
+/// The message being sent.
+struct Sending {
+    job: Job,
+    id: MessageId,
+    file: Option<File>,
+    left: u64,
+}
+
+pub struct Connection {
+    pub socket: TcpStream,
+    pub key: Key,
+    pub address: Address,
+    /// Where `address` is among the destination's addresses.
+    pub attempt: usize,
+    /// STARTTLS is not used on this connection (after a failed handshake
+    /// under `may`).
+    pub plaintext: bool,
+    pub deadline: Instant,
+    connected: bool,
+    client: Client,
+    tls: Tls,
+    sending: Option<Sending>,
+    messages: usize,
+    events: Vec<Event>,
+    closed: bool,
+}
+
+impl Connection {
+    pub fn connect(
+        key: Key,
+        address: Address,
+        attempt: usize,
+        plaintext: bool,
+        hostname: &str,
+        now: Instant,
+    ) -> io::Result<Connection> {
+        let socket = TcpStream::connect(address.addr)?;
+        let tls = if plaintext || key.tls.level == TlsLevel::None {
+            TlsWanted::Never
+        } else if key.tls.level == TlsLevel::May {
+            TlsWanted::IfOffered
+        } else {
+            TlsWanted::Required
+        };
+        let client = Client::new(ClientConfig {
+            helo_name: hostname.to_string(),
+            tls,
+            implicit_tls: key.hop.implicit_tls(),
+        });
+        Ok(Connection {
+            socket,
+            key,
+            address,
+            attempt,
+            plaintext,
+            deadline: now + CONNECT_TIMEOUT,
+            connected: false,
+            client,
+            tls: Tls::Off,
+            sending: None,
+            messages: 0,
+            events: Vec::new(),
+            closed: false,
+        })
+    }
+
+    pub fn take_events(&mut self) -> Vec<Event> {
+        mem::take(&mut self.events)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// A readiness event.
+    pub fn on_ready(&mut self, readable: bool, writable: bool, ctx: &mut Ctx<'_>, now: Instant) {
+        if self.closed {
+            return;
+        }
+        if !self.connected {
+            if !writable && !readable {
+                return;
+            }
+            match self.socket.take_error() {
+                Ok(None) if self.socket.peer_addr().is_ok() => self.on_connected(ctx, now),
+                Ok(None) => return,
+                Ok(Some(e)) | Err(e) => return self.abort(format!("connect: {e}"), false),
+            }
+        }
+        if readable {
+            self.read(ctx, now);
+        }
+        self.drive(ctx, now);
+    }
+
+    fn on_connected(&mut self, ctx: &mut Ctx<'_>, now: Instant) {
+        self.connected = true;
+        self.rearm(now);
+        if self.key.hop.implicit_tls() {
+            self.start_tls(ctx, now);
+        }
+    }
+
+    /// The deadline passed.
+    pub fn on_timeout(&mut self, ctx: &mut Ctx<'_>, now: Instant) {
+        if self.closed {
+            return;
+        }
+        if !self.connected {
+            return self.abort("connect: timed out".into(), false);
+        }
+        if let Tls::Handshaking(_) = self.tls {
+            return self.abort("TLS handshake: timed out".into(), true);
+        }
+        self.client.timed_out();
+        self.drive(ctx, now);
+    }
+
+    /// The loop stops: end politely between messages, or at once.
+    pub fn stop(&mut self, ctx: &mut Ctx<'_>, now: Instant) {
+        if !self.connected {
+            return self.abort("stopping".into(), false);
+        }
+        self.drive(ctx, now);
+    }
+
+    fn read(&mut self, ctx: &mut Ctx<'_>, now: Instant) {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match self.socket.read(&mut buf) {
+                Ok(0) => {
+                    self.client.connection_lost();
+                    return;
+                }
+                Ok(n) => self.received(&buf[..n], ctx, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.client.connection_lost();
+                    return;
+                }
+            }
+            if self.closed {
+                return;
+            }
+        }
+    }
+
+    fn received(&mut self, bytes: &[u8], ctx: &mut Ctx<'_>, now: Instant) {
+        match &mut self.tls {
+            Tls::Off => self.client.receive(bytes),
+            Tls::Handshaking(session) => {
+                session.feed(bytes);
+                self.continue_handshake(ctx, now);
+            }
+            Tls::On(session) => {
+                session.feed(bytes);
+                self.decrypt();
+            }
+        }
+    }
+
+    /// Hands the engine what TLS can decrypt of the input so far.
+    fn decrypt(&mut self) {
+        let Tls::On(session) = &mut self.tls else {
+            return;
+        };
+        let mut plain = Vec::new();
+        match session.read(&mut plain) {
+            Ok(ReadStatus::Open) => self.client.receive(&plain),
+            Ok(ReadStatus::Closed) => {
+                self.client.receive(&plain);
+                self.client.connection_lost();
+            }
+            Err(_) => self.client.connection_lost(),
+        }
+    }
+
+    /// Does what the engine asks until it waits for the server.
+    fn drive(&mut self, ctx: &mut Ctx<'_>, now: Instant) {
+        while !self.closed {
+            let action = self.client.next_action();
+            log::trace!("{} [{}]: {action:?}", self.address.host, self.address.addr);
+            match action {
+                Action::Wait => break,
+                Action::StartTls => {
+                    self.flush();
+                    self.start_tls(ctx, now);
+                    break;
+                }
+                // `may`: go on in plaintext, as Postfix does.
+                Action::TlsRefused(_) => self.client.continue_without_tls(),
+                Action::Ready => self.next_message(ctx),
+                Action::NeedContent(_) => self.supply_content(),
+                Action::Done(delivery) => {
+                    let job = self.sending.take().map(|s| s.job);
+                    if let Some(job) = job {
+                        self.messages += 1;
+                        let results = delivery.recipients.into_iter().map(|r| r.outcome).collect();
+                        self.events.push(Event::Results {
+                            job,
+                            results,
+                            tls: self.tls_field(),
+                        });
+                    }
+                }
+                Action::Closed(end) => {
+                    self.flush();
+                    self.end(end);
+                    return;
+                }
+            }
+        }
+        self.flush();
+        self.rearm(now);
+    }
+
+    /// The next job of the destination, or QUIT when there is none.
+    fn next_message(&mut self, ctx: &mut Ctx<'_>) {
+        while !ctx.stopping {
+            let Some(job) = ctx.jobs.pop_front() else {
+                break;
+            };
+            let Some(message) = ctx.schedule.get(&job.id) else {
+                continue;
+            };
+            let env = &message.envelope;
+            let outgoing = Outgoing {
+                sender: env.sender.clone(),
+                recipients: job
+                    .rcpts
+                    .iter()
+                    .filter_map(|&i| env.recipients.get(i).cloned())
+                    .collect(),
+                eight_bit: env.eight_bit,
+                smtputf8: env.smtputf8,
+                size: message.size,
+            };
+            // The file is opened now: removed from the queue meanwhile
+            // (`gsmtpd queue remove`), the job is dropped.
+            let file = File::open(ctx.queue.message_path(&job.id)).and_then(|mut f| {
+                f.seek(SeekFrom::Start(message.content_offset))?;
+                Ok(f)
+            });
+            let Ok(file) = file else {
+                log::info!("{}: no longer in the queue", job.id);
+                continue;
+            };
+            match self.client.submit(outgoing) {
+                Ok(id) => {
+                    self.sending = Some(Sending {
+                        job,
+                        id,
+                        file: Some(file),
+                        left: message.size,
+                    });
+                    return;
+                }
+                Err(_) => {
+                    ctx.jobs.push_front(job);
+                    break;
+                }
+            }
+        }
+        self.client.quit();
+    }
+
+    fn supply_content(&mut self) {
+        let Some(sending) = self.sending.as_mut() else {
+            return;
+        };
+        let mut chunk = vec![0u8; CHUNK.min(sending.left as usize)];
+        let read = match sending.file.as_mut() {
+            Some(file) => file.read_exact(&mut chunk),
+            None => Err(io::ErrorKind::UnexpectedEof.into()),
+        };
+        if let Err(e) = read {
+            // The queue file shrank or vanished under us: nothing we could
+            // still send is the message, so the connection is given up and
+            // the recipients deferred.
+            log::error!("{}: reading the queue file: {e}", sending.job.id);
+            self.client.connection_lost();
+            return;
+        }
+        sending.left -= chunk.len() as u64;
+        let last = sending.left == 0;
+        if last {
+            sending.file = None;
+        }
+        let _ = sending.id;
+        self.client.supply_content(&chunk, last);
+    }
+
+    fn start_tls(&mut self, ctx: &mut Ctx<'_>, now: Instant) {
+        let verify = self.key.tls.level == TlsLevel::Verify;
+        let host = self.address.host.as_str();
+        let is_name = host.parse::<std::net::IpAddr>().is_err();
+        let setup = ClientSetup {
+            credentials: &ctx.tls.credentials,
+            priority: &ctx.tls.priority,
+            server_name: is_name.then_some(host),
+            verify_name: verify.then_some(host),
+            ocsp: true,
+            resume: None,
+        };
+        match ClientSession::new(setup) {
+            Ok(session) => {
+                self.tls = Tls::Handshaking(Box::new(session));
+                self.deadline = now + HANDSHAKE_TIMEOUT;
+                self.continue_handshake(ctx, now);
+            }
+            Err(e) => self.abort(format!("TLS: {e}"), true),
+        }
+    }
+
+    fn continue_handshake(&mut self, ctx: &mut Ctx<'_>, now: Instant) {
+        let Tls::Handshaking(session) = &mut self.tls else {
+            return;
+        };
+        let done = session.handshake();
+        let verify_failure = done.as_ref().err().and_then(|_| session.verify_failure());
+        self.flush();
+        match done {
+            Ok(Handshake::InProgress) => {}
+            Ok(Handshake::Done) => {
+                let Tls::Handshaking(session) = mem::replace(&mut self.tls, Tls::Off) else {
+                    return;
+                };
+                if self.key.tls.ocsp && !session.ocsp_checked() {
+                    self.tls = Tls::On(session);
+                    return self.abort(
+                        "TLS: no valid stapled OCSP response (+ocsp requires one)".into(),
+                        false,
+                    );
+                }
+                self.tls = Tls::On(session);
+                if !self.key.hop.implicit_tls() {
+                    self.client.tls_started();
+                }
+                // What came with the server's last flight (on smtps, its
+                // banner).
+                self.decrypt();
+                self.rearm(now);
+                self.drive(ctx, now);
+            }
+            Err(e) => {
+                let why = match verify_failure {
+                    Some(v) => format!("TLS: certificate verification failed: {v}"),
+                    None => format!("TLS handshake: {e}"),
+                };
+                self.abort(why, true);
+            }
+        }
+    }
+
+    /// `TLS1.3:TLS_AES_256_GCM_SHA384:256` (with `*` when resumed).
+    fn tls_field(&self) -> Option<String> {
+        let Tls::On(session) = &self.tls else {
+            return None;
+        };
+        let n = session.negotiated();
+        let star = if n.resumed { "*" } else { "" };
+        Some(format!("{}:{}:{}{star}", n.version, n.cipher, n.bits))
+    }
+
+    /// Writes what the engine (through TLS, once it is on) has for the
+    /// server.
+    fn flush(&mut self) {
+        let plain = self.client.output().len();
+        if let Tls::On(session) = &mut self.tls
+            && plain > 0
+        {
+            if session.write(self.client.output()).is_err() {
+                self.client.consume_output(plain);
+                self.client.connection_lost();
+                return;
+            }
+            self.client.consume_output(plain);
+        }
+        let result = match &mut self.tls {
+            Tls::Off => {
+                let n = write_some(&mut self.socket, self.client.output());
+                n.map(|n| self.client.consume_output(n))
+            }
+            Tls::Handshaking(session) | Tls::On(session) => {
+                write_some(&mut self.socket, session.pending_output())
+                    .map(|n| session.consume_output(n))
+            }
+        };
+        if result.is_err() {
+            self.client.connection_lost();
+        }
+    }
+
+    fn rearm(&mut self, now: Instant) {
+        if let Some(timeout) = self.client.wait().timeout() {
+            self.deadline = now + timeout;
+        }
+    }
+
+    /// The engine says the connection is over.
+    fn end(&mut self, end: End) {
+        let reason = match &end {
+            End::Quit => None,
+            other => Some(other.to_string()),
+        };
+        let before_any_message = self.messages == 0 && self.sending.is_none();
+        self.finish(Closed {
+            reason,
+            permanent: end.is_permanent(),
+            tls_failed: false,
+            before_any_message,
+        });
+    }
+
+    /// We end the connection (a failed connect, TLS, OCSP): no message was
+    /// under way, since those all come before the first MAIL.
+    fn abort(&mut self, reason: String, tls_failed: bool) {
+        self.finish(Closed {
+            reason: Some(reason),
+            permanent: false,
+            tls_failed,
+            before_any_message: self.messages == 0,
+        });
+    }
+
+    fn finish(&mut self, closed: Closed) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        self.events.push(Event::Closed(closed));
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Writes as much as the socket takes.
+fn write_some(socket: &mut TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match socket.write(&bytes[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
+}

@@ -1,0 +1,339 @@
+//! Sending onward, with real next hops on loopback: a second gsmtpd (over
+//! STARTTLS), a hop that is down and comes back (`queue flush`), a 5xx and
+//! its bounce, a kill with a message queued, verified TLS, MX lookups
+//! answered by dnsmasq.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A gsmtpd that takes mail for `remote.example` (the next hop).
+fn receiver(extra: &[&str]) -> Server {
+    let mut args = vec!["--domain", "remote.example", "--workers", "1"];
+    args.extend_from_slice(extra);
+    Server::with(Options {
+        implicit: false,
+        extra: args.iter().map(|s| s.to_string()).collect(),
+        ..Options::default()
+    })
+}
+
+/// A gsmtpd that relays for loopback clients, with `extra` flags, retrying
+/// every second or two unless `extra` says otherwise.
+fn sender_with(state: Option<std::path::PathBuf>, extra: &[String]) -> Server {
+    let mut args: Vec<String> = vec!["--relay-from".into(), "127.0.0.0/8".into()];
+    if !extra.iter().any(|a| a == "--retry-min") {
+        args.extend(["--retry-min", "1", "--retry-max", "2"].map(String::from));
+    }
+    args.extend_from_slice(extra);
+    Server::with(Options {
+        implicit: false,
+        extra: args,
+        state,
+        ..Options::default()
+    })
+}
+
+fn route(to: &str) -> Vec<String> {
+    vec!["--route".into(), format!("remote.example={to}")]
+}
+
+/// Submits one message to `server` for `rcpt`; returns its queue id.
+fn submit(server: &Server, from: &str, rcpt: &str, body: &str) -> String {
+    let mut c = Plain::greeted(server.plain[0]);
+    c.command(&format!("MAIL FROM:<{from}>"), "250");
+    c.command(&format!("RCPT TO:<{rcpt}>"), "250");
+    c.command("DATA", "354");
+    c.send(&crlf(body));
+    c.send(".\r\n");
+    let id = queue_id(&c.expect("250"));
+    c.command("QUIT", "221");
+    id
+}
+
+/// The messages in `dir` (a Maildir new/), waiting until there are `n`.
+fn wait_mail(dir: &Path, n: usize) -> Vec<Vec<u8>> {
+    let start = Instant::now();
+    loop {
+        let mut files: Vec<_> = fs::read_dir(dir)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        if files.len() >= n {
+            files.sort();
+            return files.iter().map(|p| fs::read(p).unwrap()).collect();
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "{} message(s) in {}, not {n}",
+            files.len(),
+            dir.display()
+        );
+        sleep(Duration::from_millis(50));
+    }
+}
+
+fn gsmtpd(args: &[&str], state: &Path) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gsmtpd"))
+        .args(args)
+        .arg("--state-dir")
+        .arg(state)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn queue_is_empty(server: &Server) -> bool {
+    fs::read_dir(server.state.join("queue/new"))
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true)
+}
+
+#[test]
+fn a_message_goes_onward_over_starttls_byte_for_byte() {
+    let next_hop = receiver(&[]);
+    let hop = format!("[127.0.0.1]:{}", next_hop.port());
+    let sender = sender_with(None, &route(&hop));
+    let body = "Subject: onward\n\n..dot line\nline two\n";
+    let id = submit(&sender, "a@client.test", "bob@remote.example", body);
+    let got = wait_mail(&next_hop.maildir.join("remote.example/bob/new"), 1);
+    let (_, rest) = stored_body(&got[0]);
+    // The sender's Received line, then the message as submitted (dots
+    // unstuffed).
+    assert!(
+        rest.starts_with("Received: from client.test ([127.0.0.1])\n"),
+        "{rest}"
+    );
+    assert!(
+        rest.contains(&format!("by mx.test (gsmtpd) with ESMTP\n\tid {id}")),
+        "{rest}"
+    );
+    assert!(
+        rest.ends_with("Subject: onward\n\n.dot line\nline two\n"),
+        "{rest}"
+    );
+    // Over TLS, logged in Exim's words.
+    let line = sender.wait_log(&format!("{id} => bob@remote.example"));
+    let line = line
+        .lines()
+        .find(|l| l.contains(&format!("{id} =>")))
+        .unwrap();
+    assert!(
+        line.contains(&format!("H=127.0.0.1 [127.0.0.1]:{}", next_hop.port())),
+        "{line}"
+    );
+    assert!(line.contains(" X=TLS1.3:"), "{line}");
+    assert!(line.contains(" C=\"250 2.0.0 OK id="), "{line}");
+    sender.wait_log(&format!("{id} Completed"));
+    assert!(queue_is_empty(&sender));
+}
+
+#[test]
+fn a_hop_that_is_down_defers_and_queue_flush_delivers_once_it_is_back() {
+    let port = free_port();
+    let sender = sender_with(None, &{
+        let mut a = route(&format!("[127.0.0.1]:{port}"));
+        // Long waits: only the flush may bring it back.
+        a.extend([
+            "--retry-min".into(),
+            "3600".into(),
+            "--retry-max".into(),
+            "3600".into(),
+        ]);
+        a
+    });
+    let id = submit(
+        &sender,
+        "a@client.test",
+        "carol@remote.example",
+        "Subject: later\n\nx\n",
+    );
+    sender.wait_log(&format!("{id} == carol@remote.example"));
+    let (status, list, _) = gsmtpd(&["queue", "list"], &sender.state);
+    assert_eq!(status, Some(0));
+    assert!(
+        list.contains(&id) && list.contains("carol@remote.example"),
+        "{list}"
+    );
+    assert!(list.contains("next attempt in"), "{list}");
+    let (status, show, _) = gsmtpd(&["queue", "show", &id], &sender.state);
+    assert_eq!(status, Some(0));
+    assert!(
+        show.contains("sender: <a@client.test>") && show.contains("Subject: later"),
+        "{show}"
+    );
+
+    let next_hop = receiver(&["--listen", &format!("127.0.0.1:{port}")]);
+    let (status, out, err) = gsmtpd(&["queue", "flush"], &sender.state);
+    assert_eq!(status, Some(0), "{out}{err}");
+    wait_mail(&next_hop.maildir.join("remote.example/carol/new"), 1);
+    sender.wait_log(&format!("{id} Completed"));
+    let (_, list, _) = gsmtpd(&["queue", "list"], &sender.state);
+    assert!(list.contains("0 message(s) in the queue"), "{list}");
+}
+
+#[test]
+fn a_refused_recipient_bounces_to_its_sender_and_a_bounce_never_does() {
+    // The next hop takes mail for remote.example only: nosuch@ is refused.
+    let next_hop = receiver(&[]);
+    let hop = format!("[127.0.0.1]:{}", next_hop.port());
+    let sender = sender_with(None, &["--route".into(), format!("*={hop}")]);
+    let id = submit(
+        &sender,
+        &format!("alice@{DOMAIN}"),
+        "x@nosuch.example",
+        "Subject: lost\n\nbody\n",
+    );
+    sender.wait_log(&format!("{id} ** x@nosuch.example"));
+    let bounces = wait_mail(&sender.maildir.join(DOMAIN).join("alice/new"), 1);
+    let dsn = String::from_utf8_lossy(&bounces[0]);
+    assert!(dsn.starts_with("Return-Path: <>\n"), "{dsn}");
+    assert!(
+        dsn.contains("multipart/report") && dsn.contains("report-type=delivery-status"),
+        "{dsn}"
+    );
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; x@nosuch.example"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("Status: 5.7.1"), "{dsn}");
+    assert!(dsn.contains("Subject: lost"), "the original headers: {dsn}");
+    sender.wait_log(&format!("{id} Completed"));
+
+    // From the null sender: failed, and no bounce of a bounce.
+    let id = submit(
+        &sender,
+        "",
+        "y@nosuch.example",
+        "Subject: a bounce\n\nbody\n",
+    );
+    sender.wait_log(&format!("{id} ** y@nosuch.example"));
+    sender.wait_log(&format!("{id} Completed"));
+    assert_eq!(sender.mailbox("alice").len(), 1);
+    assert!(queue_is_empty(&sender));
+}
+
+#[test]
+fn a_message_queued_when_everything_is_killed_is_delivered_exactly_once() {
+    let port = free_port();
+    let state = scratch_dir("killed");
+    let args = route(&format!("[127.0.0.1]:{port}"));
+    let mut sender = sender_with(Some(state.clone()), &args);
+    let id = submit(
+        &sender,
+        "a@client.test",
+        "dave@remote.example",
+        "Subject: once\n\nx\n",
+    );
+    sender.wait_log(&format!("{id} == dave@remote.example"));
+    for pid in children(sender.child.id()) {
+        signal(pid, "KILL");
+    }
+    sender.signal("KILL");
+    sender.wait_exit(WAIT);
+    let next_hop = receiver(&["--listen", &format!("127.0.0.1:{port}")]);
+    let again = sender_with(Some(state), &args);
+    wait_mail(&next_hop.maildir.join("remote.example/dave/new"), 1);
+    again.wait_log(&format!("{id} Completed"));
+    sleep(Duration::from_secs(3));
+    assert_eq!(next_hop.mailbox_of("remote.example", "dave").len(), 1);
+}
+
+#[test]
+fn verify_defers_an_untrusted_chain_and_delivers_with_the_right_ca() {
+    let next_hop = receiver(&[]);
+    // The test certificate is for localhost: verification needs that name.
+    let hop = format!("[localhost]:{}", next_hop.port());
+    let policy = [
+        "--tls-policy".to_string(),
+        "remote.example=verify".to_string(),
+    ];
+    let state = scratch_dir("verify");
+    let mut untrusting = sender_with(
+        Some(state.clone()),
+        &[
+            route(&hop),
+            policy.to_vec(),
+            // Trusting one unrelated certificate only: the hop's chain
+            // leads to no anchor.
+            vec!["--ca-file".into(), pki_file("ecdsa-leaf.pem")],
+        ]
+        .concat(),
+    );
+    let id = submit(
+        &untrusting,
+        "a@client.test",
+        "erin@remote.example",
+        "Subject: v\n\nx\n",
+    );
+    let log = untrusting.wait_log(&format!("{id} == erin@remote.example"));
+    assert!(log.contains("certificate verification failed"), "{log}");
+    assert!(next_hop.mailbox_of("remote.example", "erin").is_empty());
+    untrusting.signal("TERM");
+    untrusting.wait_exit(WAIT);
+    let trusting = sender_with(
+        Some(state),
+        &[
+            route(&hop),
+            policy.to_vec(),
+            vec!["--ca-file".into(), pki_file("ca.pem")],
+        ]
+        .concat(),
+    );
+    wait_mail(&next_hop.maildir.join("remote.example/erin/new"), 1);
+    trusting.wait_log(&format!("{id} Completed"));
+}
+
+#[test]
+fn mx_records_from_dnsmasq_decide_where_mail_goes() {
+    // The MX host listens on port 25 of an address of its own.
+    let mx_ip = "127.0.0.77";
+    let next_hop = receiver(&[
+        "--domain",
+        "mx-test.example",
+        "--listen",
+        &format!("{mx_ip}:25"),
+    ]);
+    let dns = Dnsmasq::start(&[
+        "--mx-host=mx-test.example,mx.mx-test.example,10".into(),
+        format!("--host-record=mx.mx-test.example,{mx_ip}"),
+        "--mx-host=nullmx.example,.,0".into(),
+    ]);
+    let sender = sender_with(
+        None,
+        &["--dns-server".into(), format!("127.0.0.1:{}", dns.port)],
+    );
+    let id = submit(
+        &sender,
+        "a@client.test",
+        "fay@mx-test.example",
+        "Subject: mx\n\nx\n",
+    );
+    let log = sender.wait_log(&format!("{id} => fay@mx-test.example"));
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("{id} =>")))
+        .unwrap();
+    assert!(
+        line.contains(&format!("H=mx.mx-test.example [{mx_ip}]:25")),
+        "{line}"
+    );
+    wait_mail(&next_hop.maildir.join("mx-test.example/fay/new"), 1);
+    let id = submit(
+        &sender,
+        "a@client.test",
+        "gil@nullmx.example",
+        "Subject: null\n\nx\n",
+    );
+    let log = sender.wait_log(&format!("{id} ** gil@nullmx.example"));
+    assert!(log.contains("null MX"), "{log}");
+}
