@@ -337,3 +337,130 @@ fn mx_records_from_dnsmasq_decide_where_mail_goes() {
     let log = sender.wait_log(&format!("{id} ** gil@nullmx.example"));
     assert!(log.contains("null MX"), "{log}");
 }
+
+/// Exim 4.96 as the next hop: a daemon with its own configuration, taking
+/// mail for remote.example into a Maildir, TLS offered. Killed on drop.
+struct EximHop {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl EximHop {
+    fn start() -> EximHop {
+        let dir = scratch_dir("exim-hop");
+        for sub in ["spool", "log", "mail"] {
+            fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        // Exim gives up root for a -C configuration: what it reads and
+        // writes must be its user's.
+        fs::copy(pki_file("rsa.pem"), dir.join("cert.pem")).unwrap();
+        fs::copy(pki_file("rsa-key.pem"), dir.join("key.pem")).unwrap();
+        let port = free_port();
+        let config = format!(
+            "primary_hostname = exim-hop.test\n\
+             spool_directory = {dir}/spool\n\
+             log_file_path = {dir}/log/%slog\n\
+             log_selector = +tls_cipher +received_recipients +smtp_connection\n\
+             daemon_smtp_ports = {port}\n\
+             local_interfaces = 127.0.0.1\n\
+             tls_advertise_hosts = *\n\
+             tls_certificate = {dir}/cert.pem\n\
+             tls_privatekey = {dir}/key.pem\n\
+             keep_environment =\n\
+             host_lookup =\n\
+             rfc1413_hosts =\n\
+             domainlist local_domains = remote.example\n\
+             acl_smtp_rcpt = check_rcpt\n\
+             begin acl\n\
+             check_rcpt:\n  accept domains = +local_domains\n  deny message = relay not permitted\n\
+             begin routers\n\
+             local:\n  driver = accept\n  domains = +local_domains\n  transport = to_maildir\n\
+             begin transports\n\
+             to_maildir:\n  driver = appendfile\n  directory = {dir}/mail\n\
+             \x20 maildir_format\n  user = Debian-exim\n  delivery_date_add\n  envelope_to_add\n  return_path_add\n",
+            dir = dir.display(),
+        );
+        let owned = Command::new("chown")
+            .args(["-R", "Debian-exim:Debian-exim"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(owned.success());
+        // The configuration itself must be root's.
+        let conf = dir.join("exim.conf");
+        fs::write(&conf, config).unwrap();
+        let child = Command::new("exim")
+            .arg("-C")
+            .arg(&conf)
+            .args(["-bdf", "-odi"])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("exim is installed by scripts/deps test (exim4-daemon-light)");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < WAIT, "Exim did not start listening");
+            sleep(Duration::from_millis(50));
+        }
+        EximHop { child, dir, port }
+    }
+
+    fn mainlog(&self) -> String {
+        fs::read_to_string(self.dir.join("log/mainlog")).unwrap_or_default()
+    }
+
+    /// The messages Exim stored (one Maildir for every recipient),
+    /// waiting until there are `n`.
+    fn mail(&self, n: usize) -> Vec<Vec<u8>> {
+        wait_mail(&self.dir.join("mail/new"), n)
+    }
+}
+
+impl Drop for EximHop {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- Exim's mainlog:\n{}", self.mainlog());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn exim_as_the_next_hop_takes_the_message_over_tls_with_chunking() {
+    let exim = EximHop::start();
+    let sender = sender_with(None, &route(&format!("[127.0.0.1]:{}", exim.port)));
+    let body = "Subject: to exim\n\n..dots\nsecond line\n";
+    let id = submit(&sender, "a@client.test", "hal@remote.example", body);
+    let got = exim.mail(1);
+    let text = String::from_utf8_lossy(&got[0]);
+    assert!(text.contains("Return-path: <a@client.test>"), "{text}");
+    assert!(
+        text.contains(&format!("\tid {id}")),
+        "our Received line: {text}"
+    );
+    assert!(
+        text.ends_with("Subject: to exim\n\n.dots\nsecond line\n"),
+        "{text}"
+    );
+    let line = sender.wait_log(&format!("{id} => hal@remote.example"));
+    let line = line
+        .lines()
+        .find(|l| l.contains(&format!("{id} =>")))
+        .unwrap();
+    assert!(line.contains(" X=TLS1.3:"), "{line}");
+    sender.wait_log(&format!("{id} Completed"));
+    // Exim saw TLS, and the message came in BDAT chunks (its K flag).
+    let start = Instant::now();
+    let received = loop {
+        let log = exim.mainlog();
+        if let Some(l) = log.lines().find(|l| l.contains("<= a@client.test")) {
+            break l.to_string();
+        }
+        assert!(start.elapsed() < WAIT, "{log}");
+        sleep(Duration::from_millis(50));
+    };
+    assert!(received.contains(" P=esmtps "), "{received}");
+    assert!(received.contains(" X=TLS1.3:"), "{received}");
+    assert!(received.contains(" K "), "BDAT: {received}");
+}

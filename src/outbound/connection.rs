@@ -265,9 +265,13 @@ impl Connection {
             log::trace!("{} [{}]: {action:?}", self.address.host, self.address.addr);
             match action {
                 Action::Wait => break,
+                // The engine asks until the handshake is over: once
+                // started, it goes on as the server's flights arrive.
                 Action::StartTls => {
-                    self.flush();
-                    self.start_tls(ctx, now);
+                    if matches!(self.tls, Tls::Off) {
+                        self.flush();
+                        self.start_tls(ctx, now);
+                    }
                     break;
                 }
                 // `may`: go on in plaintext, as Postfix does.
@@ -400,7 +404,12 @@ impl Connection {
             return;
         };
         let done = session.handshake();
-        let verify_failure = done.as_ref().err().and_then(|_| session.verify_failure());
+        let verify_failure = match &done {
+            Err(e) if e.code == crate::ffi::GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR => {
+                session.verify_failure()
+            }
+            _ => None,
+        };
         self.flush();
         match done {
             Ok(Handshake::InProgress) => {}
@@ -428,7 +437,7 @@ impl Connection {
             Err(e) => {
                 let why = match verify_failure {
                     Some(v) => format!("TLS: certificate verification failed: {v}"),
-                    None => format!("TLS handshake: {e}"),
+                    None => e.to_string(),
                 };
                 self.abort(why, true);
             }

@@ -125,7 +125,8 @@ impl ClientSession {
     pub fn verify_failure(&self) -> Option<String> {
         // SAFETY: the session is live.
         let status = unsafe { ffi::gnutls_session_get_verify_cert_status(self.ep.raw) };
-        if status == 0 {
+        // All bits set: no verification took place.
+        if status == 0 || status == u32::MAX {
             return None;
         }
         let mut out = ffi::gnutls_datum_t {
