@@ -98,6 +98,29 @@ fn full_file_system_is_452_and_nothing_is_stored_then_a_retry_succeeds() {
 }
 
 #[test]
+fn full_queue_file_system_is_452_and_nothing_is_queued_then_a_retry_succeeds() {
+    let fs_ = Tmpfs::mount("1m");
+    let server = Server::with(Options {
+        state: Some(fs_.0.join("state")),
+        // No DNS server there: the queued message stays deferred.
+        extra: ["--relay-from", "127.0.0.0/8", "--dns-server", "127.0.0.1:9"]
+            .map(String::from)
+            .to_vec(),
+        ..Options::default()
+    });
+    let queue = server.state.join("queue");
+    let big = message_of(1200 * 1024);
+    assert!(deliver(&server, "max@remote.example", &big).starts_with("452 4.3.1"));
+    assert_eq!(files_in(&queue.join("new")), 0, "nothing queued");
+    assert_eq!(files_in(&queue.join("tmp")), 0, "no partial file left");
+    server.wait_log("No space left on device");
+    assert!(
+        deliver(&server, "max@remote.example", &message_of(10 * 1024)).starts_with("250 2.0.0")
+    );
+    assert_eq!(files_in(&queue.join("new")), 1);
+}
+
+#[test]
 fn read_only_mail_store_is_452_and_service_continues() {
     let fs_ = Tmpfs::mount("4m");
     let maildir = fs_.0.join("mail");

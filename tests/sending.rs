@@ -464,3 +464,24 @@ fn exim_as_the_next_hop_takes_the_message_over_tls_with_chunking() {
     assert!(received.contains(" X=TLS1.3:"), "{received}");
     assert!(received.contains(" K "), "BDAT: {received}");
 }
+
+#[test]
+fn a_message_over_the_next_hops_size_bounces_unsent_with_the_reason() {
+    let next_hop = receiver(&["--max-message-size", "400"]);
+    let sender = sender_with(None, &route(&format!("[127.0.0.1]:{}", next_hop.port())));
+    let big = format!("Subject: big\n\n{}\n", "x".repeat(600));
+    let id = submit(
+        &sender,
+        &format!("alice@{DOMAIN}"),
+        "ivy@remote.example",
+        &big,
+    );
+    let log = sender.wait_log(&format!("{id} ** ivy@remote.example"));
+    assert!(log.contains("exceeds the size limit 400"), "{log}");
+    let bounces = wait_mail(&sender.maildir.join(DOMAIN).join("alice/new"), 1);
+    let dsn = String::from_utf8_lossy(&bounces[0]);
+    assert!(dsn.contains("Status: 5.3.4"), "{dsn}");
+    // Refused before MAIL: the next hop never saw a transaction.
+    assert!(next_hop.mailbox_of("remote.example", "ivy").is_empty());
+    assert!(!next_hop.log().contains("<= alice@"), "{}", next_hop.log());
+}
