@@ -485,3 +485,73 @@ fn a_message_over_the_next_hops_size_bounces_unsent_with_the_reason() {
     assert!(next_hop.mailbox_of("remote.example", "ivy").is_empty());
     assert!(!next_hop.log().contains("<= alice@"), "{}", next_hop.log());
 }
+
+#[test]
+fn a_message_still_deferred_after_the_queue_lifetime_bounces_as_expired() {
+    let port = free_port();
+    let sender = sender_with(None, &{
+        let mut a = route(&format!("[127.0.0.1]:{port}"));
+        a.extend(
+            [
+                "--queue-lifetime",
+                "2",
+                "--retry-min",
+                "1",
+                "--retry-max",
+                "1",
+            ]
+            .map(String::from),
+        );
+        a
+    });
+    let id = submit(
+        &sender,
+        &format!("alice@{DOMAIN}"),
+        "jo@remote.example",
+        "Subject: too late\n\nx\n",
+    );
+    sender.wait_log(&format!("{id} == jo@remote.example"));
+    let log = sender.wait_log(&format!("{id} ** jo@remote.example"));
+    assert!(log.contains("retry timeout exceeded"), "{log}");
+    let bounces = wait_mail(&sender.maildir.join(DOMAIN).join("alice/new"), 1);
+    let dsn = String::from_utf8_lossy(&bounces[0]);
+    assert!(dsn.contains("Action: failed"), "{dsn}");
+    assert!(dsn.contains("Status: 4.4.7"), "{dsn}");
+    assert!(dsn.contains("Subject: too late"), "{dsn}");
+    sender.wait_log(&format!("{id} Completed"));
+    assert!(queue_is_empty(&sender));
+}
+
+#[test]
+fn a_destination_gets_at_most_five_connections_each_carrying_several_messages() {
+    let port = free_port();
+    let sender = sender_with(None, &{
+        let mut a = route(&format!("[127.0.0.1]:{port}"));
+        a.extend(["--retry-min", "3600", "--retry-max", "3600"].map(String::from));
+        a
+    });
+    let ids: Vec<String> = (0..12)
+        .map(|i| {
+            submit(
+                &sender,
+                "a@client.test",
+                "kay@remote.example",
+                &format!("Subject: {i}\n\nx\n"),
+            )
+        })
+        .collect();
+    for id in &ids {
+        sender.wait_log(&format!("{id} == kay@remote.example"));
+    }
+    let next_hop = receiver(&["--listen", &format!("127.0.0.1:{port}")]);
+    let (status, _, err) = gsmtpd(&["queue", "flush"], &sender.state);
+    assert_eq!(status, Some(0), "{err}");
+    wait_mail(&next_hop.maildir.join("remote.example/kay/new"), 12);
+    for id in &ids {
+        sender.wait_log(&format!("{id} Completed"));
+    }
+    let connections = next_hop.log().matches("TCP/IP connection count").count();
+    // All 12 due at once: the destination's limit of connections, which
+    // then carry the rest one after the other.
+    assert_eq!(connections, 5, "connections for 12 messages");
+}
