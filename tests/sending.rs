@@ -157,7 +157,10 @@ fn a_hop_that_is_down_defers_and_queue_flush_delivers_once_it_is_back() {
         "carol@remote.example",
         "Subject: later\n\nx\n",
     );
-    sender.wait_log(&format!("{id} == carol@remote.example"));
+    let log = sender.wait_log(&format!("{id} == carol@remote.example"));
+    // The arrival is logged before any attempt to send the message on.
+    let arrival = log.find(&format!("id={id}")).unwrap();
+    assert!(arrival < log.find(&format!("{id} ==")).unwrap(), "{log}");
     let (status, list, _) = gsmtpd(&["queue", "list"], &sender.state);
     assert_eq!(status, Some(0));
     assert!(

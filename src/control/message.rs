@@ -29,6 +29,8 @@ pub enum ToChild {
     Session { request: u64, data: Option<Secret> },
     /// `gsmtpd queue flush`: try every queued message now.
     Flush,
+    /// To the delivery process: these messages are in the queue now.
+    Queued { ids: Vec<String> },
 }
 
 /// Worker to supervisor.
@@ -49,6 +51,11 @@ pub enum ToSupervisor {
         request: u64,
         id: Vec<u8>,
     },
+    /// These messages are durably queued and their clients answered: for
+    /// the delivery process.
+    Queued {
+        ids: Vec<String>,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -66,10 +73,12 @@ const DROP: u8 = 3;
 const START: u8 = 4;
 const SESSION: u8 = 5;
 const FLUSH: u8 = 6;
+const QUEUED: u8 = 7;
 const READY: u8 = 64;
 const STORE: u8 = 65;
 const REMOVE: u8 = 66;
 const LOOKUP: u8 = 67;
+const QUEUED_BY_WORKER: u8 = 68;
 
 impl ToChild {
     pub fn encode(&self) -> Vec<u8> {
@@ -92,6 +101,9 @@ impl ToChild {
             }
             ToChild::Flush => {
                 w.tag(FLUSH);
+            }
+            ToChild::Queued { ids } => {
+                w.tag(QUEUED).ids(ids);
             }
             ToChild::Session { request, data } => {
                 w.tag(SESSION).u64(*request);
@@ -128,6 +140,7 @@ impl ToChild {
             DROP => ToChild::Drop { id: r.u64()? },
             START => ToChild::Start,
             FLUSH => ToChild::Flush,
+            QUEUED => ToChild::Queued { ids: r.ids()? },
             SESSION => {
                 let request = r.u64()?;
                 let data = match r.u8()? {
@@ -168,6 +181,9 @@ impl ToSupervisor {
             ToSupervisor::Lookup { request, id } => {
                 w.tag(LOOKUP).u64(*request).bytes(id);
             }
+            ToSupervisor::Queued { ids } => {
+                w.tag(QUEUED_BY_WORKER).ids(ids);
+            }
         }
         w.0
     }
@@ -187,6 +203,7 @@ impl ToSupervisor {
                 request: r.u64()?,
                 id: r.bytes()?.to_vec(),
             },
+            QUEUED_BY_WORKER => ToSupervisor::Queued { ids: r.ids()? },
             _ => return Err(Malformed("unknown message to the supervisor")),
         };
         r.end()?;
@@ -242,6 +259,14 @@ impl Writer {
         self.0.extend_from_slice(b);
         self
     }
+
+    fn ids(&mut self, ids: &[String]) -> &mut Self {
+        self.0.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+        for id in ids {
+            self.bytes(id.as_bytes());
+        }
+        self
+    }
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -281,6 +306,19 @@ impl<'a> Reader<'a> {
         self.take(len as usize)
     }
 
+    /// A count, then that many strings. No capacity is reserved from the
+    /// count: each id takes at least its length field, so a lying count
+    /// runs out of packet first.
+    fn ids(&mut self) -> Result<Vec<String>, Malformed> {
+        let count = u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| Malformed("count"))?);
+        let mut ids = Vec::new();
+        for _ in 0..count {
+            let id = std::str::from_utf8(self.bytes()?).map_err(|_| Malformed("id"))?;
+            ids.push(id.to_string());
+        }
+        Ok(ids)
+    }
+
     fn end(&self) -> Result<(), Malformed> {
         if self.0.is_empty() {
             Ok(())
@@ -317,6 +355,10 @@ mod tests {
             ToChild::Drop { id: 7 },
             ToChild::Start,
             ToChild::Flush,
+            ToChild::Queued { ids: vec![] },
+            ToChild::Queued {
+                ids: vec!["1XyH6j-0002Sg-01".into(), "1XyH6j-0002Sg-02".into()],
+            },
             ToChild::Session {
                 request: 3,
                 data: Some(Secret(vec![1, 2, 3])),
@@ -347,6 +389,9 @@ mod tests {
             ToSupervisor::Lookup {
                 request: u64::MAX,
                 id: vec![],
+            },
+            ToSupervisor::Queued {
+                ids: vec!["1XyH6j-0002Sg-01".into()],
             },
         ];
         for msg in msgs {
@@ -380,5 +425,8 @@ mod tests {
         };
         assert!(ToChild::decode(&short_key).is_err());
         assert!(ToChild::decode(&[]).is_err());
+        // A count of ids far beyond the packet, and an id not UTF-8.
+        assert!(ToChild::decode(&[QUEUED, 0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(ToChild::decode(&[QUEUED, 1, 0, 0, 0, 1, 0, 0, 0, 0xff]).is_err());
     }
 }

@@ -1,8 +1,10 @@
 //! The delivery process: sends the queue onward. One single-threaded mio
 //! loop, started and supervised by the supervisor like a worker:
 //!
-//! - it reads the queue at start and watches `queue/new` (inotify) for the
-//!   messages workers add;
+//! - it reads the queue at start; a worker tells it (through the
+//!   supervisor) of each message it queued once the client has its `250`,
+//!   so that the `<=` line always comes first; it reads the queue
+//!   directory again every minute for anything it was not told of;
 //! - due recipients (`schedule`) are grouped into jobs by destination
 //!   (`destination`): the next hop their domain routes to, looked up
 //!   without blocking (`crate::dns`), and the TLS their domain requires;
@@ -21,13 +23,12 @@ mod schedule;
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::Signal;
 
 use crate::clock::unix_secs;
@@ -45,13 +46,12 @@ use schedule::{Rules, Schedule};
 
 const SIGNALS: Token = Token(0);
 const CONTROL: Token = Token(1);
-const QUEUE_WATCH: Token = Token(2);
 /// Connection tokens start here.
 const FIRST_CONN: usize = 1 << 16;
 /// A resolver socket's token is this plus its descriptor.
 const FIRST_DNS: usize = 1 << 28;
-/// The queue directory is read again this often anyway (a lost inotify
-/// event, or a watch that could not be made).
+/// The queue directory is read again this often anyway (a notice lost
+/// while the delivery process was being replaced, say).
 const RESCAN: Duration = Duration::from_secs(60);
 
 /// What the delivery process starts with, handed over after fork.
@@ -73,7 +73,6 @@ struct Outbound {
     queue: QueueDir,
     /// For bounces, which go into the queue like any message.
     store: Store,
-    watch: Option<Inotify>,
     schedule: Schedule,
     resolver: Resolver,
     /// Destination of each lookup in flight.
@@ -110,16 +109,6 @@ impl Outbound {
             )
             .map_err(|e| format!("registering the control channel: {e}"))?;
         let queue = QueueDir::new(&config.state_dir);
-        let watch = watch_queue(&queue);
-        if let Some(w) = &watch {
-            registry
-                .register(
-                    &mut SourceFd(&w.as_fd().as_raw_fd()),
-                    QUEUE_WATCH,
-                    Interest::READABLE,
-                )
-                .map_err(|e| format!("registering the queue watch: {e}"))?;
-        }
         let store = Store::open(&config.maildir, &config.hostname)
             .map_err(|e| format!("mail store {}: {e}", config.maildir.display()))?
             .with_queue(queue.root());
@@ -149,7 +138,6 @@ impl Outbound {
             channel: Some(channel),
             queue,
             store,
-            watch,
             resolver,
             lookups: HashMap::new(),
             next_lookup: 0,
@@ -178,7 +166,6 @@ impl Outbound {
                 match event.token() {
                     SIGNALS => self.on_signals(now),
                     CONTROL => self.on_control(),
-                    QUEUE_WATCH => self.on_queue_change(),
                     Token(t) if t >= FIRST_DNS => {
                         self.resolver.ready(
                             (t - FIRST_DNS) as RawFd,
@@ -214,7 +201,10 @@ impl Outbound {
         self.take_lookups();
         if self.rescan_at <= now {
             self.rescan_at = now + RESCAN;
-            self.on_queue_change();
+            self.read_queue();
+        }
+        for id in self.results.take_queued() {
+            self.add_queued(&id);
         }
         if self.started && self.stopping.is_none() {
             self.schedule_due();
@@ -296,6 +286,11 @@ impl Outbound {
                     log::info!("queue flush: every queued message is due now");
                     self.schedule.flush(unix_secs());
                 }
+                Ok(Some(Ok(ToChild::Queued { ids }))) => {
+                    for id in ids {
+                        self.add_queued(&id);
+                    }
+                }
                 Ok(Some(Ok(_))) => {}
                 Ok(Some(Err(e))) => log::error!("from the supervisor: {e}"),
                 Err(_) => return self.supervisor_gone(),
@@ -315,7 +310,7 @@ impl Outbound {
             return;
         }
         self.started = true;
-        self.on_queue_change();
+        self.read_queue();
         log::info!(
             "delivery process: {} message(s) in the queue",
             self.schedule.len()
@@ -325,15 +320,8 @@ impl Outbound {
         }
     }
 
-    /// Reads messages that appeared in `queue/new` (and drains the watch).
-    fn on_queue_change(&mut self) {
-        if let Some(watch) = &self.watch {
-            while let Ok(events) = watch.read_events() {
-                if events.is_empty() {
-                    break;
-                }
-            }
-        }
+    /// Reads every message in `queue/new` not yet known.
+    fn read_queue(&mut self) {
         if !self.started {
             return;
         }
@@ -344,17 +332,20 @@ impl Outbound {
                 return;
             }
         };
-        let now = unix_secs();
         for id in ids {
-            if self.schedule.contains(&id) {
-                continue;
-            }
-            match self.queue.load(&id) {
-                Ok(loaded) => self.schedule.add(loaded, now),
-                // Still being linked in, removed meanwhile, or damaged:
-                // the next look says more.
-                Err(e) => log::debug!("queue {id}: {e}"),
-            }
+            self.add_queued(&id);
+        }
+    }
+
+    /// Takes message `id` from the queue directory, unless already known.
+    fn add_queued(&mut self, id: &str) {
+        if !self.started || self.schedule.contains(id) {
+            return;
+        }
+        match self.queue.load(id) {
+            Ok(loaded) => self.schedule.add(loaded, unix_secs()),
+            // Removed meanwhile (`gsmtpd queue remove`), or damaged.
+            Err(e) => log::warn!("queue {id}: {e}"),
         }
     }
 
@@ -660,26 +651,6 @@ impl Outbound {
             if let Err(e) = change.apply(self.poll.registry(), token) {
                 log::warn!("resolver socket: {e}");
             }
-        }
-    }
-}
-
-/// An inotify watch on `queue/new`: a worker links each message in.
-fn watch_queue(queue: &QueueDir) -> Option<Inotify> {
-    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
-    let dir = queue.root().join("new");
-    match inotify.add_watch(
-        &dir,
-        AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_ONLYDIR,
-    ) {
-        Ok(_) => Some(inotify),
-        Err(e) => {
-            log::warn!(
-                "cannot watch {} ({e}): new messages are found within {} s",
-                dir.display(),
-                RESCAN.as_secs()
-            );
-            None
         }
     }
 }

@@ -54,6 +54,8 @@ pub struct Results {
     /// Our domains: a bounce to a sender in one goes into the Maildir.
     domains: Vec<String>,
     pending: Vec<Pending>,
+    /// Bounces put in the queue since `take_queued`.
+    queued: Vec<String>,
 }
 
 impl Results {
@@ -62,7 +64,13 @@ impl Results {
             hostname,
             domains,
             pending: Vec::new(),
+            queued: Vec::new(),
         }
+    }
+
+    /// The bounces queued (to go onward like any message) since last asked.
+    pub fn take_queued(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.queued)
     }
 
     /// A message's results from the next hop at `address`.
@@ -277,7 +285,7 @@ impl Results {
     /// null sender). A bounce that cannot be queued leaves its recipients
     /// deferred, so that none is lost.
     fn queue_bounces(
-        &self,
+        &mut self,
         pending: &mut [Pending],
         schedule: &mut Schedule,
         queue: &QueueDir,
@@ -290,8 +298,9 @@ impl Results {
             .collect();
         ids.dedup();
         let mut units = Vec::new();
-        // (message, its bounce, the bounce's size)
-        let mut made: Vec<(String, String, usize)> = Vec::new();
+        // (message, its bounce, the bounce's size, queued rather than
+        // delivered here)
+        let mut made: Vec<(String, String, usize, bool)> = Vec::new();
         for id in &ids {
             let Some(message) = schedule.get(id) else {
                 continue;
@@ -305,19 +314,22 @@ impl Results {
                 .filter_map(|p| p.bounce.as_ref())
                 .collect();
             match self.bounce(queue, store, &message.envelope, &failures) {
-                Ok((bounce_id, size, delivery)) => {
+                Ok((bounce_id, size, queued, delivery)) => {
                     units.push(vec![delivery]);
-                    made.push((id.clone(), bounce_id, size));
+                    made.push((id.clone(), bounce_id, size, queued));
                 }
                 Err(e) => log::error!("{id}: composing its bounce: {e}"),
             }
         }
         let committed = store::commit_all(units);
         let mut ok_ids = Vec::new();
-        for ((id, bounce_id, size), result) in made.into_iter().zip(committed) {
+        for ((id, bounce_id, size, queued), result) in made.into_iter().zip(committed) {
             match result {
                 Ok(_) => {
                     log::info!("{bounce_id} <= <> R={id} U=gsmtpd P=local S={size}");
+                    if queued {
+                        self.queued.push(bounce_id.clone());
+                    }
                     ok_ids.push((id, bounce_id));
                 }
                 Err(e) => log::error!("{id}: queueing its bounce: {e}"),
@@ -352,7 +364,7 @@ impl Results {
         store: &mut Store,
         env: &queue::Envelope,
         failures: &[&Bounced],
-    ) -> io::Result<(String, usize, store::Delivery)> {
+    ) -> io::Result<(String, usize, bool, store::Delivery)> {
         let headers = queue
             .headers(&env.id)
             .map_err(|e| io::Error::other(e.to_string()))?;
@@ -383,6 +395,7 @@ impl Results {
         .ok_or_else(|| io::Error::other("nothing to bounce"))?;
         let text = composed.message;
         let ours = smtp::local_mailbox(&env.sender).filter(|(_, d)| self.domains.contains(d));
+        let queued = ours.is_none();
         let mut delivery = match ours {
             Some((local, domain)) => {
                 store.begin(id, &[(domain, local.to_lowercase())], b"Return-Path: <>\n")?
@@ -401,7 +414,7 @@ impl Results {
             }
         };
         delivery.write(&text)?;
-        Ok((id.to_string(), text.len(), delivery))
+        Ok((id.to_string(), text.len(), queued, delivery))
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Queued {
     /// The `<=` line, logged once the message is durable.
     arrival: String,
     deliveries: Vec<Delivery>,
+    /// It has recipients for the queue (to be sent onward).
+    for_queue: bool,
 }
 
 /// Borrowed for one call into the state machine.
@@ -121,6 +123,7 @@ impl MessageSink for StoreSink<'_> {
             id,
             arrival,
             deliveries,
+            for_queue: env.recipients.iter().any(|r| r.relay),
         });
         Ok(Commit::Queued)
     }
@@ -160,28 +163,38 @@ fn queue_head(env: &Envelope, id: MessageId, hostname: &str, now: u64) -> Vec<u8
     head
 }
 
+/// A waiting connection and its message's fate: the id for its 250, or
+/// why it is not stored.
+pub type Outcome = (TimerKey, Result<String, SinkError>);
+
 /// Makes the queued messages durable together (one group commit) and
 /// returns each waiting connection's outcome: the id for its 250, or why
-/// its message is not stored.
-pub fn commit_queued(queue: Vec<Queued>) -> Vec<(TimerKey, Result<String, SinkError>)> {
+/// its message is not stored; and the ids of those now in the queue, for
+/// the delivery process.
+pub fn commit_queued(queue: Vec<Queued>) -> (Vec<Outcome>, Vec<String>) {
     let mut waiting = Vec::with_capacity(queue.len());
     let mut deliveries = Vec::with_capacity(queue.len());
     for q in queue {
-        waiting.push((q.conn, q.id, q.arrival));
+        waiting.push((q.conn, q.id, q.arrival, q.for_queue));
         deliveries.push(q.deliveries);
     }
     let results = store::commit_all(deliveries);
-    waiting
+    let mut queued = Vec::new();
+    let outcomes = waiting
         .into_iter()
         .zip(results)
-        .map(|((conn, id, arrival), result)| match result {
+        .map(|((conn, id, arrival, for_queue), result)| match result {
             Ok(_) => {
                 log::info!("{arrival}");
+                if for_queue {
+                    queued.push(id.clone());
+                }
                 (conn, Ok(id))
             }
             Err(e) => (conn, Err(sink_error("committing message", e))),
         })
-        .collect()
+        .collect();
+    (outcomes, queued)
 }
 
 /// Exim's `<=` line: `<= sender H=(helo) [ip]:port P=esmtps

@@ -108,6 +108,18 @@ impl Shared {
     /// Passes the session-cache changes of the handshakes just done on to
     /// the supervisor. Called before their last flight goes out, so that a
     /// client resuming at once, on any worker, finds its session.
+    /// Tells the supervisor, for the delivery process, which messages
+    /// were queued. A lost notice only delays them until the delivery
+    /// process next reads the queue directory.
+    fn announce_queued(&mut self, ids: Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        if let Some(control) = self.control.as_mut() {
+            let _ = control.send(ToSupervisor::Queued { ids }.encode());
+        }
+    }
+
     pub fn send_cache_ops(&mut self) {
         let ops = self.tls.take_cache_ops();
         let Some(control) = self.control.as_mut() else {
@@ -319,7 +331,7 @@ impl Server {
             }
             ToChild::Start => self.start_serving(),
             // For the delivery process.
-            ToChild::Flush => {}
+            ToChild::Flush | ToChild::Queued { .. } => {}
             ToChild::Session { request, data } => {
                 if let Some(key) = self.shared.lookups.answered(request) {
                     let data = data.map(|mut secret| std::mem::take(&mut secret.0));
@@ -524,7 +536,8 @@ impl Server {
     fn run_commits(&mut self) {
         let queue = std::mem::take(&mut self.shared.commits);
         log::debug!("group commit of {} message(s)", queue.len());
-        for (key, outcome) in delivery::commit_queued(queue) {
+        let (outcomes, queued) = delivery::commit_queued(queue);
+        for (key, outcome) in outcomes {
             let Some(conn) = self.conns.get_mut(key.slot) else {
                 continue;
             };
@@ -535,6 +548,9 @@ impl Server {
                 self.remove(key.slot, close);
             }
         }
+        // Only now, with their `<=` lines logged and their clients
+        // answered, may the delivery process take them.
+        self.shared.announce_queued(queued);
     }
 
     fn run_timers(&mut self) {

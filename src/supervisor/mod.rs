@@ -464,6 +464,7 @@ impl Supervisor {
         let now = unix_secs();
         let mut lookups = Vec::new();
         let mut ready = Vec::new();
+        let mut queued = Vec::new();
         for (i, slot) in self.slots.iter_mut().enumerate() {
             let Some(channel) = slot.channel.as_mut() else {
                 continue;
@@ -484,9 +485,17 @@ impl Supervisor {
                         }
                     }
                     Ok(ToSupervisor::Lookup { request, id }) => lookups.push((i, request, id)),
+                    Ok(ToSupervisor::Queued { ids }) => queued.extend(ids),
                     Err(e) => log::warn!("worker {i}: {e}"),
                 }
             }
+        }
+        if !queued.is_empty()
+            && let Some(channel) = self.slots[self.delivery].channel.as_mut()
+        {
+            // The delivery process reads the whole queue when it starts,
+            // so one that is being replaced misses nothing.
+            let _ = channel.send(ToChild::Queued { ids: queued }.encode());
         }
         for (i, request, id) in lookups {
             let data = self
