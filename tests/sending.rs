@@ -558,3 +558,42 @@ fn a_destination_gets_at_most_five_connections_each_carrying_several_messages() 
     // then carry the rest one after the other.
     assert_eq!(connections, 5, "connections for 12 messages");
 }
+
+#[test]
+fn a_message_removed_from_the_queue_is_never_sent() {
+    let port = free_port();
+    let sender = sender_with(None, &{
+        let mut a = route(&format!("[127.0.0.1]:{port}"));
+        a.extend(["--retry-min", "3600", "--retry-max", "3600"].map(String::from));
+        a
+    });
+    let keep = submit(
+        &sender,
+        "a@client.test",
+        "lu@remote.example",
+        "Subject: keep\n\nx\n",
+    );
+    let drop = submit(
+        &sender,
+        "a@client.test",
+        "lu@remote.example",
+        "Subject: drop\n\nx\n",
+    );
+    sender.wait_log(&format!("{keep} == lu@remote.example"));
+    sender.wait_log(&format!("{drop} == lu@remote.example"));
+    let (status, out, _) = gsmtpd(&["queue", "remove", &drop], &sender.state);
+    assert_eq!(status, Some(0), "{out}");
+    let (status, _, _) = gsmtpd(&["queue", "remove", &drop], &sender.state);
+    assert_eq!(status, Some(1), "already gone");
+
+    let next_hop = receiver(&["--listen", &format!("127.0.0.1:{port}")]);
+    gsmtpd(&["queue", "flush"], &sender.state);
+    let got = wait_mail(&next_hop.maildir.join("remote.example/lu/new"), 1);
+    sender.wait_log(&format!("{keep} Completed"));
+    sender.wait_log(&format!("{drop}: no longer in the queue"));
+    sleep(Duration::from_millis(500));
+    assert_eq!(next_hop.mailbox_of("remote.example", "lu").len(), 1);
+    assert!(String::from_utf8_lossy(&got[0]).contains("Subject: keep"));
+    assert!(queue_is_empty(&sender));
+    assert!(!sender.state.join("queue/log").join(&drop).exists());
+}

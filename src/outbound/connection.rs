@@ -45,6 +45,8 @@ pub struct Ctx<'a> {
     pub tls: &'a ClientTls,
     /// The process is stopping: take no new job.
     pub stopping: bool,
+    /// Messages found removed from the queue (`gsmtpd queue remove`).
+    pub gone: &'a mut Vec<String>,
 }
 
 /// What the loop learns from a connection.
@@ -330,6 +332,7 @@ impl Connection {
             });
             let Ok(file) = file else {
                 log::info!("{}: no longer in the queue", job.id);
+                ctx.gone.push(job.id);
                 continue;
             };
             match self.client.submit(outgoing) {

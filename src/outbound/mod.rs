@@ -332,6 +332,18 @@ impl Outbound {
                 return;
             }
         };
+        // What `gsmtpd queue remove` took away is forgotten, unless it is
+        // being sent right now (a job of it that waits is dropped when its
+        // connection finds no file).
+        let gone: Vec<String> = self
+            .schedule
+            .idle_ids()
+            .filter(|id| ids.binary_search(id).is_err())
+            .cloned()
+            .collect();
+        for id in gone {
+            self.schedule.remove(&id);
+        }
         for id in ids {
             self.add_queued(&id);
         }
@@ -507,14 +519,19 @@ impl Outbound {
             Some(d) => &mut d.jobs,
             None => &mut no_jobs,
         };
+        let mut gone = Vec::new();
         let mut ctx = Ctx {
             jobs,
             schedule: &self.schedule,
             queue: &self.queue,
             tls: &self.tls,
             stopping: self.stopping.is_some(),
+            gone: &mut gone,
         };
         f(conn, &mut ctx);
+        for id in gone {
+            self.schedule.remove(&id);
+        }
         let events = conn.take_events();
         let closed = conn.is_closed();
         let (address, attempt, plaintext) = (conn.address.clone(), conn.attempt, conn.plaintext);

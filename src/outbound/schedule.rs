@@ -217,6 +217,18 @@ impl Schedule {
         Deferred::Retry(next)
     }
 
+    /// Messages none of whose recipients is being tried now.
+    pub fn idle_ids(&self) -> impl Iterator<Item = &String> + '_ {
+        self.messages
+            .iter()
+            .filter(|(_, m)| {
+                !m.rcpts
+                    .iter()
+                    .any(|r| matches!(r, RcptState::Trying { .. }))
+            })
+            .map(|(id, _)| id)
+    }
+
     /// Forgets a message (finished, or removed from the queue).
     pub fn remove(&mut self, id: &str) -> Option<Message> {
         self.messages.remove(id)
