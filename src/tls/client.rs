@@ -148,7 +148,7 @@ impl ClientSession {
         // SAFETY: GnuTLS filled out.size bytes at out.data.
         let text = unsafe { std::slice::from_raw_parts(out.data, out.size as usize) };
         let text = String::from_utf8_lossy(text)
-            .trim_end_matches('\0')
+            .trim_end_matches(['\0', ' '])
             .to_string();
         free_datum(out, false);
         Some(text)

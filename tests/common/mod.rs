@@ -295,7 +295,7 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         // A failing test shows what the server said.
-        if thread::panicking() {
+        if thread::panicking() || std::env::var_os("GSMTPD_TEST_LOGS").is_some() {
             eprintln!(
                 "--- log of the gsmtpd in {}:\n{}",
                 self.state.display(),
