@@ -313,7 +313,7 @@ fn mx_records_from_dnsmasq_decide_where_mail_goes() {
     ]);
     let sender = sender_with(
         None,
-        &["--dns-server".into(), format!("127.0.0.1:{}", dns.port)],
+        &["--dns-server".into(), format!("127.0.0.1:{}", dns.port())],
     );
     let id = submit(
         &sender,

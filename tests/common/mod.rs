@@ -13,6 +13,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+mod dnsmasq;
+#[allow(unused_imports)]
+pub use dnsmasq::Dnsmasq;
+
 pub const WAIT: Duration = Duration::from_secs(20);
 pub const DOMAIN: &str = "example.org";
 
@@ -310,57 +314,6 @@ impl Drop for Server {
 /// A loopback TCP port nothing listens on now (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// dnsmasq answering on a loopback port with the given records and
-/// nothing else (no upstream, no /etc/hosts). Killed on drop.
-pub struct Dnsmasq {
-    child: Child,
-    pub port: u16,
-}
-
-impl Dnsmasq {
-    pub fn start(records: &[String]) -> Dnsmasq {
-        for _ in 0..10 {
-            let port = free_udp_port();
-            let mut child = Command::new("dnsmasq")
-                .args([
-                    "--no-daemon",
-                    "--no-resolv",
-                    "--no-hosts",
-                    "--bind-interfaces",
-                    "--listen-address=127.0.0.1",
-                    "--pid-file=",
-                    "--cache-size=0",
-                    &format!("--port={port}"),
-                ])
-                .args(records)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("dnsmasq is installed by scripts/deps test (dnsmasq-base)");
-            thread::sleep(Duration::from_millis(100));
-            if child.try_wait().unwrap().is_none() {
-                return Dnsmasq { child, port };
-            }
-        }
-        panic!("dnsmasq would not start");
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
