@@ -10,11 +10,15 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
+use mio::unix::SourceFd;
+use mio::{Interest, Poll, Token};
 use nix::errno::Errno;
+use nix::sys::signal::Signal;
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType};
 
 pub use message::{Malformed, Secret, ToChild, ToSupervisor};
 
+use crate::signals::Signals;
 use crate::tls::ticket_keys::wipe;
 
 /// Larger than any message (a cached TLS session is at most 64 KiB).
@@ -114,6 +118,31 @@ impl Drop for Channel {
             wipe(packet);
         }
     }
+}
+
+/// How every child of the supervisor (a worker, the delivery process)
+/// begins its loop: a poller with SIGTERM, SIGINT and SIGHUP (through a
+/// signalfd) under `signals` and its channel under `control`.
+pub fn child_poll(
+    channel: &Channel,
+    signals: Token,
+    control: Token,
+) -> Result<(Poll, Signals), String> {
+    let poll = Poll::new().map_err(|e| format!("creating the poller: {e}"))?;
+    let caught = Signals::new(&[Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP])
+        .map_err(|e| format!("signals: {e}"))?;
+    let registry = poll.registry();
+    registry
+        .register(&mut SourceFd(&caught.raw_fd()), signals, Interest::READABLE)
+        .map_err(|e| format!("registering signals: {e}"))?;
+    registry
+        .register(
+            &mut SourceFd(&channel.raw_fd()),
+            control,
+            Interest::READABLE | Interest::WRITABLE,
+        )
+        .map_err(|e| format!("registering the control channel: {e}"))?;
+    Ok((poll, caught))
 }
 
 #[cfg(test)]

@@ -27,7 +27,6 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
 
@@ -90,24 +89,7 @@ struct Outbound {
 impl Outbound {
     fn new(start: OutboundStart) -> Result<Outbound, String> {
         let OutboundStart { config, channel } = start;
-        let poll = Poll::new().map_err(|e| format!("creating the poller: {e}"))?;
-        let signals = Signals::new(&[Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP])
-            .map_err(|e| format!("signals: {e}"))?;
-        let registry = poll.registry();
-        registry
-            .register(
-                &mut SourceFd(&signals.raw_fd()),
-                SIGNALS,
-                Interest::READABLE,
-            )
-            .map_err(|e| format!("registering signals: {e}"))?;
-        registry
-            .register(
-                &mut SourceFd(&channel.raw_fd()),
-                CONTROL,
-                Interest::READABLE | Interest::WRITABLE,
-            )
-            .map_err(|e| format!("registering the control channel: {e}"))?;
+        let (poll, signals) = crate::control::child_poll(&channel, SIGNALS, CONTROL)?;
         let queue = QueueDir::new(&config.state_dir);
         let store = Store::open(&config.maildir, &config.hostname)
             .map_err(|e| format!("mail store {}: {e}", config.maildir.display()))?

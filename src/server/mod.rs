@@ -171,29 +171,12 @@ impl Server {
             mut tls,
             counts,
         } = start;
-        let poll = Poll::new().map_err(|e| format!("creating the poller: {e}"))?;
-        let signals = Signals::new(&[Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP])
-            .map_err(|e| format!("signals: {e}"))?;
-        let registry = poll.registry();
-        registry
-            .register(
-                &mut SourceFd(&signals.raw_fd()),
-                SIGNALS,
-                Interest::READABLE,
-            )
-            .map_err(|e| format!("registering signals: {e}"))?;
-        registry
-            .register(
-                &mut SourceFd(&channel.raw_fd()),
-                CONTROL,
-                Interest::READABLE | Interest::WRITABLE,
-            )
-            .map_err(|e| format!("registering the control channel: {e}"))?;
+        let (poll, signals) = crate::control::child_poll(&channel, SIGNALS, CONTROL)?;
         let store = Store::open(&config.maildir, &config.hostname)
             .map_err(|e| format!("mail store {}: {e}", config.maildir.display()))?
             .with_queue(QueueDir::new(&config.state_dir).root());
         if let Some(fd) = tls.watch_files() {
-            registry
+            poll.registry()
                 .register(&mut SourceFd(&fd), CERT_WATCH, Interest::READABLE)
                 .map_err(|e| format!("registering the certificate watch: {e}"))?;
         }
