@@ -87,6 +87,7 @@ const FUNCTIONS: &[&str] = &[
     "gnutls_session_get_flags",
     "gnutls_session_set_verify_cert",
     "gnutls_session_get_verify_cert_status",
+    "gnutls_certificate_verify_peers2",
     "gnutls_certificate_verification_status_print",
     "gnutls_certificate_set_x509_system_trust",
     "gnutls_certificate_set_x509_trust_file",

@@ -597,3 +597,39 @@ fn a_message_removed_from_the_queue_is_never_sent() {
     assert!(queue_is_empty(&sender));
     assert!(!sender.state.join("queue/log").join(&drop).exists());
 }
+
+#[test]
+fn ocsp_policy_needs_a_valid_staple_with_or_without_verify() {
+    let good = receiver(&["--ocsp", &pki_file("rsa.ocsp.der")]);
+    let expired = receiver(&["--ocsp", &pki_file("rsa-expired.ocsp.der")]);
+    let bare = receiver(&[]);
+    for level in ["verify+ocsp", "encrypt+ocsp"] {
+        for (hop, delivers) in [(&good, true), (&expired, false), (&bare, false)] {
+            let args = [
+                route(&format!("[localhost]:{}", hop.port())),
+                ["--tls-policy", &format!("remote.example={level}")]
+                    .map(String::from)
+                    .to_vec(),
+                vec!["--ca-file".into(), pki_file("ca.pem")],
+            ]
+            .concat();
+            let sender = sender_with(None, &args);
+            let to = format!("{}@remote.example", level.replace('+', "-"));
+            let id = submit(&sender, "a@client.test", &to, "Subject: o\n\nx\n");
+            if delivers {
+                sender.wait_log(&format!("{id} => {to}"));
+                sender.wait_log(&format!("{id} Completed"));
+            } else {
+                let log = sender.wait_log(&format!("{id} == {to}"));
+                assert!(
+                    log.contains("no valid stapled OCSP response"),
+                    "{level}: {log}"
+                );
+            }
+        }
+    }
+    // Only the good staple's hop got mail, once per level.
+    assert_eq!(good.log().matches("<= a@client.test").count(), 2);
+    assert_eq!(expired.log().matches("<= a@client.test").count(), 0);
+    assert_eq!(bare.log().matches("<= a@client.test").count(), 0);
+}
