@@ -266,3 +266,51 @@ fn a_large_injection_after_starttls_is_drained_before_tls_starts() {
         .sum();
     assert_eq!(discarded, injected.len() - b"STARTTLS\r\n".len(), "{log}");
 }
+
+const BDAT_THEN_QUIT: &str = "MAIL FROM:<a@client.test>\r\nRCPT TO:<una@example.org>\r\n\
+     BDAT 21 LAST\r\nSubject: end\r\n\r\nbye\r\nQUIT\r\n";
+
+/// Exim ends a connection by pipelining its end of data and QUIT and then
+/// closing its sending side (TLS close_notify; FIN in cleartext) before it
+/// reads the replies: the message's 250 and the 221 must still come, and
+/// the message be stored once.
+#[test]
+fn end_of_data_quit_and_close_in_one_flight_are_all_answered() {
+    // TLS: the implicit-TLS listener, close_notify right behind QUIT.
+    let server = Server::start();
+    let sock = TcpStream::connect(server.tls[0]).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let (mut tls, mut sock, banner) = tls_early(sock, "EHLO client.test\r\n");
+    assert!(banner.starts_with("220 "), "{banner}");
+    let mut replies = banner;
+    while !replies.contains("250 HELP") {
+        replies += &tls_read(&mut tls, &mut sock);
+    }
+    tls.writer().write_all(BDAT_THEN_QUIT.as_bytes()).unwrap();
+    tls.send_close_notify();
+    let mut flight = Vec::new();
+    while tls.wants_write() {
+        tls.write_tls(&mut flight).unwrap();
+    }
+    sock.write_all(&flight).unwrap();
+    let mut replies = String::new();
+    loop {
+        let _ = tls.reader().read_to_string(&mut replies);
+        if replies.contains("221 ") || tls.read_tls(&mut sock).unwrap() == 0 {
+            break;
+        }
+        tls.process_new_packets().unwrap();
+    }
+    assert_eq!(codes(&replies), ["250", "250", "250", "221"], "{replies}");
+    assert_eq!(server.mailbox("una").len(), 1);
+    server.wait_log("closed by QUIT");
+
+    // Cleartext: FIN right behind QUIT.
+    let mut c = Plain::greeted(server.plain[0]);
+    c.stream.write_all(BDAT_THEN_QUIT.as_bytes()).unwrap();
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut all = String::new();
+    c.stream.read_to_string(&mut all).unwrap();
+    assert_eq!(codes(&all), ["250", "250", "250", "221"], "{all}");
+    assert_eq!(server.mailbox("una").len(), 2);
+}

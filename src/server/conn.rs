@@ -85,6 +85,13 @@ pub struct Conn {
     pre_tls: Vec<u8>,
     pending: Option<Pending>,
     closing: Option<Close>,
+    /// The client's input ended (FIN, or TLS close_notify) while a message
+    /// of its waited for its group commit: what it sent before the end
+    /// (a pipelined QUIT) is still answered, then the connection closes
+    /// with this reason. A client that pipelines its end of data, QUIT and
+    /// close_notify, as Exim does, otherwise never hears its 250 and sends
+    /// the message again.
+    input_ended: Option<Close>,
     read_paused: bool,
     /// Input that arrives while this is false came before the client could
     /// have seen our banner (early pipelining, or a synchronisation error).
@@ -130,6 +137,7 @@ impl Conn {
             pre_tls: Vec::new(),
             pending: None,
             closing: None,
+            input_ended: None,
             read_paused: false,
             banner_sent: false,
             line_since: None,
@@ -206,7 +214,17 @@ impl Conn {
     /// Not while the client ignores its replies, nor while a message's
     /// group commit is pending (its reply must precede any later one).
     fn may_read(&self) -> bool {
-        !self.read_paused && !self.smtp.awaiting_commit()
+        !self.read_paused && !self.smtp.awaiting_commit() && self.input_ended.is_none()
+    }
+
+    /// The client's input is over: the connection ends now, unless a
+    /// message of its awaits its commit (see `input_ended`).
+    fn input_end(&mut self, why: Close) -> Step {
+        if !self.smtp.awaiting_commit() {
+            return Err(why);
+        }
+        self.input_ended.get_or_insert(why);
+        Ok(())
     }
 
     /// Edge-triggered: data left unread while paused raises no new event,
@@ -280,6 +298,11 @@ impl Conn {
             let _ = self.socket.shutdown(Shutdown::Write);
             return self.closing.take();
         }
+        if self.input_ended.is_some() && !self.smtp.awaiting_commit() && self.closing.is_none() {
+            // Everything the client sent is answered; it will send no QUIT.
+            let _ = self.write_out();
+            return self.input_ended.take();
+        }
         if let Tls::Established(session) = &mut self.tls
             && self.pre_tls.is_empty()
         {
@@ -307,14 +330,14 @@ impl Conn {
     fn read_into(&mut self, buf: &mut [u8], shared: &mut Shared, drain: bool) -> Step {
         while self.closing.is_none() {
             let n = match self.socket.read(buf) {
-                Ok(0) => return Err(Close::Lost),
+                Ok(0) => return self.input_end(Close::Lost),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Close::Io(e)),
             };
             self.ingest(&buf[..n], shared)?;
-            if self.smtp.awaiting_commit() {
+            if self.smtp.awaiting_commit() || self.input_ended.is_some() {
                 return Ok(());
             }
             if self.output_len() > OUTPUT_HIGH_WATER {
@@ -491,7 +514,7 @@ impl Conn {
         match status.map_err(Close::Tls)? {
             ReadStatus::Open => Ok(()),
             ReadStatus::Closed if self.closing.is_some() => Ok(()),
-            ReadStatus::Closed => Err(Close::TlsClosed),
+            ReadStatus::Closed => self.input_end(Close::TlsClosed),
         }
     }
 
