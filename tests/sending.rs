@@ -175,11 +175,31 @@ fn a_hop_that_is_down_defers_and_queue_flush_delivers_once_it_is_back() {
         "{show}"
     );
 
+    // Known to be down: the next message waits without a try of its own.
+    let second = submit(
+        &sender,
+        "a@client.test",
+        "carol@remote.example",
+        "Subject: later too\n\nx\n",
+    );
+    let log = sender.wait_log(&format!("{second} == carol@remote.example"));
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("{second} ==")))
+        .unwrap();
+    assert!(line.contains("delivery temporarily suspended: "), "{line}");
+    let attempts = log
+        .lines()
+        .filter(|l| l.contains("gsmtpd::outbound]") && l.contains("connect: "))
+        .count();
+    assert_eq!(attempts, 1, "one connection attempt: {log}");
+
     let next_hop = receiver(&["--listen", &format!("127.0.0.1:{port}")]);
     let (status, out, err) = gsmtpd(&["queue", "flush"], &sender.state);
     assert_eq!(status, Some(0), "{out}{err}");
-    wait_mail(&next_hop.maildir.join("remote.example/carol/new"), 1);
+    wait_mail(&next_hop.maildir.join("remote.example/carol/new"), 2);
     sender.wait_log(&format!("{id} Completed"));
+    sender.wait_log(&format!("{second} Completed"));
     let (_, list, _) = gsmtpd(&["queue", "list"], &sender.state);
     assert!(list.contains("0 message(s) in the queue"), "{list}");
 }
@@ -632,4 +652,38 @@ fn ocsp_policy_needs_a_valid_staple_with_or_without_verify() {
     assert_eq!(good.log().matches("<= a@client.test").count(), 2);
     assert_eq!(expired.log().matches("<= a@client.test").count(), 0);
     assert_eq!(bare.log().matches("<= a@client.test").count(), 0);
+}
+
+#[test]
+fn a_next_hop_that_takes_two_connections_gets_two_and_all_the_mail() {
+    let port = free_port();
+    let sender = sender_with(None, &{
+        let mut a = route(&format!("[127.0.0.1]:{port}"));
+        a.extend(["--retry-min", "3600", "--retry-max", "3600"].map(String::from));
+        a
+    });
+    let ids: Vec<String> = (0..12)
+        .map(|i| {
+            let body = format!("Subject: {i}\n\nx\n");
+            submit(&sender, "a@client.test", "ned@remote.example", &body)
+        })
+        .collect();
+    sender.wait_log(&format!("{} == ned@remote.example", ids[11]));
+    // A third connection at once gets 421.
+    let next_hop = receiver(&[
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--max-connections",
+        "2",
+    ]);
+    gsmtpd(&["queue", "flush"], &sender.state);
+    wait_mail(&next_hop.maildir.join("remote.example/ned/new"), 12);
+    for id in &ids {
+        sender.wait_log(&format!("{id} Completed"));
+    }
+    assert!(
+        sender.log().contains("at most 2 connection(s) from now on"),
+        "{}",
+        sender.log()
+    );
 }

@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
 
 use crate::dns::{Query, Target};
 use crate::routing::{self, NextHop, Route, TlsPolicy, TlsRequirement};
@@ -128,6 +129,16 @@ pub struct Destination {
     pub addresses: Option<Vec<Address>>,
     pub resolving: bool,
     pub connections: usize,
+    /// Connections it may have at once: `CONCURRENCY`, lowered to what
+    /// worked when a further connection failed while others delivered (a
+    /// server that takes only so many at a time), until the destination is
+    /// forgotten.
+    pub limit: usize,
+    /// Unreachable (every address failed, or the lookup did): new jobs are
+    /// deferred without a try until then, as Postfix's queue manager does
+    /// with a dead destination, rather than each paying its own failed
+    /// connection.
+    pub down: Option<(Instant, String)>,
 }
 
 impl Destination {
@@ -138,15 +149,31 @@ impl Destination {
             addresses: None,
             resolving: false,
             connections: 0,
+            limit: CONCURRENCY,
+            down: None,
         }
     }
 
     /// Another connection would help: jobs wait beyond what the open
     /// connections will take, and the limit allows one.
     pub fn wants_connection(&self) -> bool {
+        !self.jobs.is_empty() && self.jobs.len() > self.connections && self.connections < self.limit
+    }
+
+    /// Why it is down, if it still is at `now`.
+    pub fn down_at(&self, now: Instant) -> Option<&str> {
+        match &self.down {
+            Some((until, why)) if *until > now => Some(why),
+            _ => None,
+        }
+    }
+
+    /// Worth keeping: it has work, or remembers being down.
+    pub fn in_use(&self, now: Instant) -> bool {
         !self.jobs.is_empty()
-            && self.jobs.len() > self.connections
-            && self.connections < CONCURRENCY
+            || self.connections > 0
+            || self.resolving
+            || self.down_at(now).is_some()
     }
 
     /// The resolver's answer, flattened into addresses to try in order.
@@ -242,6 +269,10 @@ mod tests {
         assert!(d.wants_connection());
         d.connections = CONCURRENCY;
         assert!(!d.wants_connection());
+        d.connections = 2;
+        d.limit = 2;
+        assert!(!d.wants_connection(), "a lowered limit holds");
+        d.limit = CONCURRENCY;
         d.jobs.truncate(2);
         d.connections = 2;
         assert!(!d.wants_connection(), "enough connections for the jobs");

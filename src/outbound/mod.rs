@@ -195,8 +195,7 @@ impl Outbound {
         // A destination with nothing to do is forgotten, its addresses
         // with it: the next message for it looks them up again (c-ares
         // answers from its cache within the records' TTL).
-        self.destinations
-            .retain(|_, d| !d.jobs.is_empty() || d.connections > 0 || d.resolving);
+        self.destinations.retain(|_, d| d.in_use(now));
         self.apply_dns_interest();
         self.results
             .settle(&mut self.schedule, &self.queue, &mut self.store);
@@ -267,6 +266,10 @@ impl Outbound {
                 Ok(Some(Ok(ToChild::Flush))) => {
                     log::info!("queue flush: every queued message is due now");
                     self.schedule.flush(unix_secs());
+                    for dest in self.destinations.values_mut() {
+                        dest.down = None;
+                        dest.limit = destination::CONCURRENCY;
+                    }
                 }
                 Ok(Some(Ok(ToChild::Queued { ids }))) => {
                     for id in ids {
@@ -388,6 +391,11 @@ impl Outbound {
             let Some(dest) = self.destinations.get_mut(&key) else {
                 continue;
             };
+            if let Some(why) = dest.down_at(now) {
+                let why = format!("delivery temporarily suspended: {why}");
+                self.defer_destination(&key, &why, false);
+                continue;
+            }
             if dest.addresses.is_none() {
                 if !dest.resolving {
                     dest.resolving = true;
@@ -450,7 +458,14 @@ impl Outbound {
         } else {
             format!("{}: no host would take the connection", key.hop.describe())
         };
-        self.defer_destination(key, &why, false);
+        // With connections open, the jobs wait for those.
+        if self
+            .destinations
+            .get(key)
+            .is_some_and(|d| d.connections == 0)
+        {
+            self.destination_failed(key, &why, false, now);
+        }
         false
     }
 
@@ -589,9 +604,34 @@ impl Outbound {
             .is_some_and(|a| next < a.len());
         if more {
             self.connect(key, next, false, now);
-        } else {
-            self.defer_destination(key, &format!("{at}: {reason}"), closed.permanent);
+            return;
         }
+        let why = format!("{at}: {reason}");
+        if let Some(dest) = self.destinations.get_mut(key)
+            && dest.connections > 0
+            && !closed.permanent
+        {
+            // Others still deliver there and take the waiting jobs: the
+            // server takes no more connections than those.
+            dest.limit = dest.connections;
+            log::info!(
+                "{}: at most {} connection(s) from now on ({why})",
+                key.hop.describe(),
+                dest.limit
+            );
+            return;
+        }
+        self.destination_failed(key, &why, closed.permanent, now);
+    }
+
+    /// Nothing reached the destination: its jobs are deferred (or failed,
+    /// when `permanent`) and, unless permanent, it counts as down for the
+    /// first retry interval.
+    fn destination_failed(&mut self, key: &Key, why: &str, permanent: bool, now: Instant) {
+        if !permanent && let Some(dest) = self.destinations.get_mut(key) {
+            dest.down = Some((now + self.config.sending.retry_min, why.to_string()));
+        }
+        self.defer_destination(key, why, permanent);
     }
 
     /// Every job waiting for the destination gets this outcome: deferred,
@@ -637,7 +677,7 @@ impl Outbound {
                     // not resolve is the operator's to fix, and the mail
                     // waits for that (as behind Postfix's relayhost).
                     let permanent = e.is_permanent() && matches!(key.hop, Hop::Mx { .. });
-                    self.defer_destination(&key, &why, permanent);
+                    self.destination_failed(&key, &why, permanent, Instant::now());
                 }
             }
         }
