@@ -233,6 +233,7 @@ fn measure(
             verify_name: None,
             ocsp: false,
             resume: offer,
+            tickets: true,
         })
         .map_err(|e| e.to_string())?;
         let mut server = setup.session(&mut client)?;

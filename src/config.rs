@@ -109,6 +109,8 @@ pub struct Sending {
     pub retry_max: Duration,
     /// After this, a message still undeliverable is bounced.
     pub queue_lifetime: Duration,
+    /// Outbound TLS sessions; None with `--client-cache none`.
+    pub client_cache: Option<PathBuf>,
 }
 
 /// Most worker processes; far beyond the cores of any MX host.
@@ -288,6 +290,12 @@ fn options() -> Options {
         "queue-lifetime",
         "after this a message still undeliverable is bounced (default 432000)",
         "SECONDS",
+    );
+    o.optopt(
+        "",
+        "client-cache",
+        "SQLite cache of outbound TLS sessions, or none (default STATE_DIR/client-cache.sqlite)",
+        "FILE",
     );
     o.optopt(
         "",
@@ -476,16 +484,7 @@ fn build(m: &Matches) -> Result<Config, UsageError> {
             "--tls-priority: must be a non-empty GnuTLS priority string".into(),
         ));
     }
-    let session_cache = match m.opt_str("session-cache").as_deref() {
-        Some("none") => None,
-        Some("") => {
-            return Err(UsageError(
-                "--session-cache: give a file name or none".into(),
-            ));
-        }
-        Some(path) => Some(PathBuf::from(path)),
-        None => Some(state_dir.join("sessions.sqlite")),
-    };
+    let session_cache = file_or_none(m, "session-cache", state_dir.join("sessions.sqlite"))?;
     let resumption = Resumption {
         ticket_rotation: number(m, "ticket-rotation", DEFAULT_ROTATION, 1)?,
         ticket_lifetime: number(m, "ticket-lifetime", DEFAULT_LIFETIME, 1)?,
@@ -518,6 +517,7 @@ fn build(m: &Matches) -> Result<Config, UsageError> {
         retry_min: seconds(m, "retry-min", 300)?,
         retry_max: seconds(m, "retry-max", 4000)?,
         queue_lifetime: seconds(m, "queue-lifetime", 432_000)?,
+        client_cache: file_or_none(m, "client-cache", state_dir.join("client-cache.sqlite"))?,
     };
     if sending.retry_max < sending.retry_min {
         return Err(UsageError(
@@ -642,6 +642,16 @@ fn number<T: FromStr + PartialOrd + Copy + std::fmt::Display>(
     }
 }
 
+/// A file flag that also takes `none`.
+fn file_or_none(m: &Matches, flag: &str, default: PathBuf) -> Result<Option<PathBuf>, UsageError> {
+    match m.opt_str(flag).as_deref() {
+        Some("none") => Ok(None),
+        Some("") => Err(UsageError(format!("--{flag}: give a file name or none"))),
+        Some(path) => Ok(Some(PathBuf::from(path))),
+        None => Ok(Some(default)),
+    }
+}
+
 fn seconds(m: &Matches, flag: &str, default: u64) -> Result<Duration, UsageError> {
     number(m, flag, default, 1).map(Duration::from_secs)
 }
@@ -752,6 +762,18 @@ mod tests {
         assert_eq!(c.sending.retry_max, Duration::from_secs(4000));
         assert_eq!(c.sending.queue_lifetime, Duration::from_secs(432_000));
         assert!(c.sending.dns_servers.is_empty() && c.sending.ca_file.is_none());
+        assert_eq!(
+            c.sending.client_cache,
+            Some(PathBuf::from("./gsmtpd-state/client-cache.sqlite"))
+        );
+        assert_eq!(
+            run(&["--client-cache", "none"])
+                .unwrap()
+                .sending
+                .client_cache,
+            None
+        );
+        assert!(error(&["--client-cache", ""]).starts_with("--client-cache:"));
         let c = run(&[
             "--relay-from",
             "127.0.0.0/8,::1",

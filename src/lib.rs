@@ -5,6 +5,7 @@
 //! library exposes the layers so that fuzz targets and benchmarks can drive
 //! them directly. `unsafe` lives in `ffi`, `tls` and `os` only.
 
+pub mod client_cache;
 pub mod clock;
 pub mod config;
 pub mod conn_limits;
@@ -29,6 +30,7 @@ pub mod session_cache;
 pub mod signals;
 pub mod smtp;
 pub mod smtp_client;
+pub mod sqlite_file;
 pub mod store;
 pub mod supervisor;
 pub mod ticket_key_file;

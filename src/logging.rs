@@ -53,6 +53,36 @@ impl<W: Write> Write for Indent<'_, W> {
     }
 }
 
+/// The five bits of Exim's `$tls_in_resumption` and `$tls_out_resumption`
+/// (resumption supported, client requested a ticket, client offered a
+/// session, server issued a ticket, session resumed) as `0x1d(words,...)`.
+pub fn resumption_bits(bits: [bool; 5]) -> String {
+    const WORDS: [&str; 5] = [
+        "supported",
+        "client-requested-ticket",
+        "client-offered-session",
+        "server-issued-ticket",
+        "resumed",
+    ];
+    let value: u32 = bits
+        .iter()
+        .enumerate()
+        .map(|(i, on)| u32::from(*on) << i)
+        .sum();
+    let words: Vec<&str> = WORDS
+        .iter()
+        .zip(bits)
+        .filter(|(_, on)| *on)
+        .map(|(w, _)| *w)
+        .collect();
+    let words = if words.is_empty() {
+        "none".to_string()
+    } else {
+        words.join(",")
+    };
+    format!("0x{value:02x}({words})")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

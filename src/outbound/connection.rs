@@ -15,6 +15,7 @@ use mio::net::TcpStream;
 
 use super::destination::{Address, Job, Key};
 use super::schedule::Schedule;
+use crate::client_cache::{self, ClientCache, KeyParts, NewSession, SessionKey};
 use crate::queue::QueueDir;
 use crate::routing::TlsLevel;
 use crate::smtp_client::{
@@ -34,6 +35,10 @@ pub struct ClientTls {
     /// With the trust anchors of --ca-file or the system store.
     pub credentials: Rc<Credentials>,
     pub priority: Rc<Priority>,
+    /// `--tls-priority` and the trust anchors' label, for the session
+    /// cache's keys.
+    pub priority_text: String,
+    pub trust: String,
 }
 
 /// What a connection needs from the loop while it runs.
@@ -43,6 +48,7 @@ pub struct Ctx<'a> {
     pub schedule: &'a Schedule,
     pub queue: &'a QueueDir,
     pub tls: &'a ClientTls,
+    pub cache: &'a mut ClientCache,
     /// The process is stopping: take no new job.
     pub stopping: bool,
     /// Messages found removed from the queue (`gsmtpd queue remove`).
@@ -82,6 +88,21 @@ enum Tls {
     On(Box<ClientSession>),
 }
 
+/// The session cache's side of this connection's TLS.
+struct Resumption {
+    key: SessionKey,
+    /// A cached session was offered; with the nextUpdate of its staple.
+    offered: Option<Option<i64>>,
+    /// Tickets were asked for (the cache is on).
+    requested: bool,
+    /// The server issued a ticket (or, under TLS 1.2, a session to cache).
+    issued: bool,
+    /// Until when this session counts as stapled, for the tickets it gets.
+    ocsp_until: Option<i64>,
+    /// For the log: `verified`, `cached` (resumed) or `none`.
+    ocsp: &'static str,
+}
+
 /// The message being sent.
 struct Sending {
     job: Job,
@@ -103,6 +124,7 @@ pub struct Connection {
     connected: bool,
     client: Client,
     tls: Tls,
+    resumption: Option<Resumption>,
     sending: Option<Sending>,
     messages: usize,
     events: Vec<Event>,
@@ -141,6 +163,7 @@ impl Connection {
             connected: false,
             client,
             tls: Tls::Off,
+            resumption: None,
             sending: None,
             messages: 0,
             events: Vec::new(),
@@ -239,18 +262,26 @@ impl Connection {
             }
             Tls::On(session) => {
                 session.feed(bytes);
-                self.decrypt();
+                self.decrypt(ctx);
             }
         }
     }
 
-    /// Hands the engine what TLS can decrypt of the input so far.
-    fn decrypt(&mut self) {
+    /// Hands the engine what TLS can decrypt of the input so far, and
+    /// caches a TLS 1.3 ticket that came with it.
+    fn decrypt(&mut self, ctx: &mut Ctx<'_>) {
         let Tls::On(session) = &mut self.tls else {
             return;
         };
         let mut plain = Vec::new();
-        match session.read(&mut plain) {
+        let status = session.read(&mut plain);
+        if let Some(lifetime) = session.take_ticket_received()
+            && let Some(r) = self.resumption.as_mut()
+        {
+            r.issued = true;
+            store_session(ctx.cache, r, session, lifetime, true);
+        }
+        match status {
             Ok(ReadStatus::Open) => self.client.receive(&plain),
             Ok(ReadStatus::Closed) => {
                 self.client.receive(&plain);
@@ -384,15 +415,41 @@ impl Connection {
         let verify = self.key.tls.level == TlsLevel::Verify;
         let host = self.address.host.as_str();
         let is_name = host.parse::<std::net::IpAddr>().is_err();
+        let policy = format!(
+            "{:?}{}",
+            self.key.tls.level,
+            if self.key.tls.ocsp { "+ocsp" } else { "" }
+        );
+        let key = SessionKey::new(&KeyParts {
+            host,
+            addr: self.address.addr,
+            sni: is_name.then_some(host),
+            implicit_tls: self.key.hop.implicit_tls(),
+            policy: &policy,
+            priority: &ctx.tls.priority_text,
+            trust: &ctx.tls.trust,
+        });
+        let cached = ctx.cache.take(&key, unix_now(), self.key.tls.ocsp);
         let setup = ClientSetup {
             credentials: &ctx.tls.credentials,
             priority: &ctx.tls.priority,
             server_name: is_name.then_some(host),
             verify_name: verify.then_some(host),
             ocsp: true,
-            resume: None,
+            resume: cached.as_ref().map(|c| c.data.as_slice()),
+            tickets: ctx.cache.is_on(),
         };
-        match ClientSession::new(setup) {
+        let offered = cached.as_ref().map(|c| c.ocsp_until);
+        let session = ClientSession::new(setup);
+        self.resumption = Some(Resumption {
+            key,
+            offered,
+            requested: ctx.cache.is_on(),
+            issued: false,
+            ocsp_until: None,
+            ocsp: "none",
+        });
+        match session {
             Ok(session) => {
                 self.tls = Tls::Handshaking(Box::new(session));
                 self.deadline = now + HANDSHAKE_TIMEOUT;
@@ -417,23 +474,23 @@ impl Connection {
         match done {
             Ok(Handshake::InProgress) => {}
             Ok(Handshake::Done) => {
-                let Tls::Handshaking(session) = mem::replace(&mut self.tls, Tls::Off) else {
+                let Tls::Handshaking(mut session) = mem::replace(&mut self.tls, Tls::Off) else {
                     return;
                 };
-                if self.key.tls.ocsp && !session.ocsp_checked() {
-                    self.tls = Tls::On(session);
+                let stapled = self.settle_session(&mut session, ctx);
+                self.tls = Tls::On(session);
+                if self.key.tls.ocsp && !stapled {
                     return self.abort(
                         "TLS: no valid stapled OCSP response (+ocsp requires one)".into(),
                         false,
                     );
                 }
-                self.tls = Tls::On(session);
                 if !self.key.hop.implicit_tls() {
                     self.client.tls_started();
                 }
                 // What came with the server's last flight (on smtps, its
-                // banner).
-                self.decrypt();
+                // banner; under TLS 1.3, tickets).
+                self.decrypt(ctx);
                 self.rearm(now);
                 self.drive(ctx, now);
             }
@@ -445,6 +502,47 @@ impl Connection {
                 self.abort(why, true);
             }
         }
+    }
+
+    /// After the handshake: the OCSP verdict (a resumed session's from the
+    /// cached one it resumed), stale cached sessions dropped, and a TLS
+    /// 1.2 session cached. True when a valid staple stands behind it.
+    fn settle_session(&mut self, session: &mut ClientSession, ctx: &mut Ctx<'_>) -> bool {
+        let Some(r) = self.resumption.as_mut() else {
+            return false;
+        };
+        let n = session.negotiated();
+        let now = unix_now();
+        let stapled = if n.resumed {
+            r.ocsp_until = r.offered.flatten();
+            r.ocsp_until.is_some_and(|until| until > now)
+        } else {
+            if r.offered.is_some() {
+                // Not resumed: the server's keys changed, or it forgot.
+                ctx.cache.forget(&r.key);
+            }
+            let checked = session.ocsp_checked();
+            r.ocsp_until = if checked {
+                session.staple_next_update()
+            } else {
+                None
+            };
+            checked
+        };
+        r.ocsp = match (stapled, n.resumed) {
+            (false, _) => "none",
+            (true, false) => "verified",
+            (true, true) => "cached",
+        };
+        // Under TLS 1.2 the session is complete now, whether or not a
+        // ticket came with it; TLS 1.3 tickets arrive later (decrypt).
+        let ticket = session.take_ticket_received();
+        r.issued |= ticket.is_some();
+        let tls12 = n.version != "TLS1.3";
+        if tls12 && (ticket.is_some() || !n.resumed) {
+            store_session(ctx.cache, r, session, ticket.unwrap_or(0), false);
+        }
+        stapled
     }
 
     /// `TLS1.3:TLS_AES_256_GCM_SHA384:256` (with `*` when resumed).
@@ -523,8 +621,71 @@ impl Connection {
             return;
         }
         self.closed = true;
+        self.log_tls();
         self.events.push(Event::Closed(closed));
         let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Connection {
+    /// One line per TLS session as it ends: its OCSP verdict and the five
+    /// bits of Exim's `$tls_out_resumption` (the ticket of a TLS 1.3
+    /// session comes after the handshake, so only now are all known).
+    fn log_tls(&self) {
+        let (Some(x), Some(r)) = (self.tls_field(), &self.resumption) else {
+            return;
+        };
+        let bits = crate::logging::resumption_bits([
+            r.requested,
+            r.requested,
+            r.offered.is_some(),
+            r.issued,
+            x.ends_with('*'),
+        ]);
+        log::info!(
+            "TLS session with {} [{}]:{} X={x} OCSP={} resumption {bits}",
+            self.address.host,
+            self.address.addr.ip(),
+            self.address.addr.port(),
+            r.ocsp
+        );
+    }
+}
+
+fn unix_now() -> i64 {
+    i64::try_from(crate::clock::unix_secs()).unwrap_or(i64::MAX)
+}
+
+/// Caches what resumes `session` later: a TLS 1.3 ticket (used once), or
+/// a TLS 1.2 session. `lifetime` is the ticket's (0: none given).
+fn store_session(
+    cache: &mut ClientCache,
+    r: &Resumption,
+    session: &ClientSession,
+    lifetime: u32,
+    once: bool,
+) {
+    if !cache.is_on() {
+        return;
+    }
+    let lifetime = match u64::from(lifetime) {
+        // RFC 8446 4.6.1: a TLS 1.3 ticket with lifetime 0 is not to be
+        // cached.
+        0 if once => return,
+        0 => client_cache::TLS12_DEFAULT_LIFETIME,
+        l => l.min(client_cache::MAX_LIFETIME),
+    };
+    match session.session_data() {
+        Ok(data) => cache.store(
+            &r.key,
+            &NewSession {
+                data,
+                expires: unix_now().saturating_add(lifetime as i64),
+                ocsp_until: r.ocsp_until,
+                once,
+            },
+        ),
+        Err(e) => log::debug!("no session data to cache: {e}"),
     }
 }
 

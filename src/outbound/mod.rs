@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
 
+use crate::client_cache::{self, ClientCache};
 use crate::clock::unix_secs;
 use crate::config::Config;
 use crate::control::{Channel, ToChild, ToSupervisor};
@@ -80,6 +81,7 @@ struct Outbound {
     destinations: HashMap<Key, Destination>,
     conns: Vec<Option<Connection>>,
     tls: ClientTls,
+    cache: ClientCache,
     results: Results,
     started: bool,
     stopping: Option<Instant>,
@@ -109,8 +111,14 @@ impl Outbound {
             priority: Rc::new(
                 Priority::new(&config.tls_priority).map_err(|e| format!("--tls-priority: {e}"))?,
             ),
+            priority_text: config.tls_priority.clone(),
+            trust: client_cache::trust_label(config.sending.ca_file.as_deref()),
         };
         let s = &config.sending;
+        let cache = match &s.client_cache {
+            Some(path) => ClientCache::open(path, unix_secs() as i64),
+            None => ClientCache::off(),
+        };
         Ok(Outbound {
             schedule: Schedule::new(Rules::new(s.retry_min, s.retry_max, s.queue_lifetime)),
             results: Results::new(config.hostname.clone(), config.domains.clone()),
@@ -126,6 +134,7 @@ impl Outbound {
             destinations: HashMap::new(),
             conns: Vec::new(),
             tls,
+            cache,
             started: false,
             stopping: None,
             rescan_at: Instant::now() + RESCAN,
@@ -184,6 +193,7 @@ impl Outbound {
         if self.rescan_at <= now {
             self.rescan_at = now + RESCAN;
             self.read_queue();
+            self.cache.purge(unix_secs() as i64);
         }
         for id in self.results.take_queued() {
             self.add_queued(&id);
@@ -522,6 +532,7 @@ impl Outbound {
             schedule: &self.schedule,
             queue: &self.queue,
             tls: &self.tls,
+            cache: &mut self.cache,
             stopping: self.stopping.is_some(),
             gone: &mut gone,
         };

@@ -194,25 +194,5 @@ fn tickets_on(config: &Config) -> bool {
 pub fn resumption_words(supported: bool, hello: Option<&Hello>, n: &Negotiated) -> String {
     let requested = hello.is_some_and(|h| h.requests_ticket);
     let offered = hello.is_some_and(|h| h.offers_ticket) || n.resumption_requested;
-    let bits = [
-        (supported, "supported"),
-        (requested, "client-requested-ticket"),
-        (offered, "client-offered-session"),
-        (n.ticket_sent, "server-issued-ticket"),
-        (n.resumed, "resumed"),
-    ];
-    let value: u32 = bits
-        .iter()
-        .enumerate()
-        .map(|(i, (on, _))| u32::from(*on) << i)
-        .sum();
-    let words: Vec<&str> = bits.iter().filter(|(on, _)| *on).map(|(_, w)| *w).collect();
-    format!(
-        "0x{value:02x}({})",
-        if words.is_empty() {
-            "none".to_string()
-        } else {
-            words.join(",")
-        }
-    )
+    crate::logging::resumption_bits([supported, requested, offered, n.ticket_sent, n.resumed])
 }

@@ -27,6 +27,8 @@ pub struct ClientSetup<'a> {
     pub ocsp: bool,
     /// Session data of an earlier connection to resume (its ticket or ID).
     pub resume: Option<&'a [u8]>,
+    /// Ask for tickets (there is somewhere to keep them).
+    pub tickets: bool,
 }
 
 pub struct ClientSession {
@@ -43,8 +45,12 @@ impl ClientSession {
             .verify_name
             .map(|name| c_string(name, "host name"))
             .transpose()?;
+        let mut flags = ffi::GNUTLS_CLIENT;
+        if !setup.tickets {
+            flags |= ffi::GNUTLS_NO_TICKETS;
+        }
         let session = ClientSession {
-            ep: Endpoint::new(ffi::GNUTLS_CLIENT, setup.credentials, setup.priority)?,
+            ep: Endpoint::new(flags, setup.credentials, setup.priority)?,
             _credentials: Rc::clone(setup.credentials),
             _priority: Rc::clone(setup.priority),
             _verify_name: verify_name,
@@ -129,6 +135,25 @@ impl ClientSession {
         }
         // SAFETY: the session is live.
         unsafe { ffi::gnutls_ocsp_status_request_is_checked(self.ep.raw, 0) != 0 }
+    }
+
+    /// The nextUpdate of the staple the server sent, unchecked: ask
+    /// [`ClientSession::ocsp_checked`] first. None without a staple, or
+    /// one without nextUpdate.
+    pub fn staple_next_update(&self) -> Option<i64> {
+        let mut d = ffi::gnutls_datum_t {
+            data: std::ptr::null_mut(),
+            size: 0,
+        };
+        // SAFETY: the session is live; d receives a pointer into the
+        // session's own copy of the response, valid while it lives.
+        let rc = unsafe { ffi::gnutls_ocsp_status_request_get(self.ep.raw, &mut d) };
+        if rc < 0 || d.data.is_null() {
+            return None;
+        }
+        // SAFETY: GnuTLS filled d.size bytes at d.data.
+        let der = unsafe { std::slice::from_raw_parts(d.data, d.size as usize) };
+        super::ocsp::inspect(der).ok()?.next_update
     }
 
     /// Why verification failed, in GnuTLS's words, after a handshake

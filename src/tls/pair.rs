@@ -110,6 +110,7 @@ mod tests {
                 verify_name: None,
                 ocsp: false,
                 resume: resume.as_deref(),
+                tickets: true,
             })
             .unwrap();
             client.handshake().unwrap();
@@ -173,6 +174,7 @@ mod tests {
                 verify_name: None,
                 ocsp: false,
                 resume: None,
+                tickets: true,
             })
             .unwrap();
             handshake(&mut client, &mut server).unwrap();
@@ -267,6 +269,7 @@ mod tests {
                 verify_name: Some(name),
                 ocsp: true,
                 resume: None,
+                tickets: true,
             })
             .unwrap();
             let result = handshake(&mut client, &mut server);
@@ -296,6 +299,16 @@ mod tests {
         priority: &str,
         ticket_key: Option<&MasterKey>,
     ) -> (ClientSession, ServerSession) {
+        connect_with(s, priority, ticket_key, None, true)
+    }
+
+    fn connect_with(
+        s: &Side,
+        priority: &str,
+        ticket_key: Option<&MasterKey>,
+        resume: Option<&[u8]>,
+        tickets: bool,
+    ) -> (ClientSession, ServerSession) {
         let prio = Rc::new(Priority::new(priority).unwrap());
         let setup = SessionSetup {
             credentials: &s.server_creds,
@@ -312,11 +325,60 @@ mod tests {
             server_name: Some("localhost"),
             verify_name: None,
             ocsp: false,
-            resume: None,
+            resume,
+            tickets,
         })
         .unwrap();
         handshake(&mut client, &mut server).unwrap();
         (client, server)
+    }
+
+    /// The server's first reply, read by the client with what came before
+    /// it (TLS 1.3 tickets).
+    fn first_reply(client: &mut ClientSession, server: &mut ServerSession) {
+        server.write(b"220 hi\r\n").unwrap();
+        pass(server, client);
+        let mut got = Vec::new();
+        client.read(&mut got).unwrap();
+        assert_eq!(got, b"220 hi\r\n");
+    }
+
+    /// The delivery process caches a session once the hook saw a ticket
+    /// arrive: under TLS 1.3 after the handshake, with the first read;
+    /// under TLS 1.2 during it. Taking the data then must not wait, and
+    /// must resume.
+    #[test]
+    fn a_client_sees_each_ticket_arrive_and_its_data_resumes() {
+        let s = side();
+        for prio in [
+            "NORMAL:-VERS-ALL:+VERS-TLS1.3",
+            "NORMAL:-VERS-ALL:+VERS-TLS1.2",
+        ] {
+            let (mut client, mut server) = connected(&s, prio, Some(&s.key));
+            // (`handshake` has read what came behind the server's flight.)
+            let ticket = client.take_ticket_received();
+            first_reply(&mut client, &mut server);
+            let ticket = ticket.or_else(|| client.take_ticket_received());
+            assert_eq!(ticket, Some(600), "{prio}: the ticket's lifetime");
+            assert_eq!(client.take_ticket_received(), None, "{prio}: taken once");
+            let data = client.session_data().unwrap();
+            let (again, _) = connect_with(&s, prio, Some(&s.key), Some(&data), true);
+            assert!(again.negotiated().resumed, "{prio}: resumed");
+        }
+    }
+
+    /// Without a cache a TLS 1.2 client sends no session_ticket extension,
+    /// so it gets no ticket. (A TLS 1.3 GnuTLS client still sends
+    /// psk_key_exchange_modes, as GnuTLS counts TLS 1.3 as PSK-capable, and
+    /// servers send tickets it drops.)
+    #[test]
+    fn a_tls12_client_without_a_cache_asks_for_no_ticket() {
+        let s = side();
+        let prio = "NORMAL:-VERS-ALL:+VERS-TLS1.2";
+        let (mut client, mut server) = connect_with(&s, prio, Some(&s.key), None, false);
+        first_reply(&mut client, &mut server);
+        assert!(!server.negotiated().ticket_sent);
+        assert_eq!(client.take_ticket_received(), None);
     }
 
     #[test]
@@ -359,6 +421,7 @@ mod tests {
             verify_name: None,
             ocsp: false,
             resume: None,
+            tickets: true,
         })
         .unwrap();
         let (mut client_done, mut server_done) = (false, false);

@@ -26,6 +26,12 @@ struct Transport {
     /// Key names of the tickets this session sent (GnuTLS never sets
     /// GNUTLS_SFLAGS_SESSION_TICKET on a server, so we watch the wire).
     tickets_sent: Vec<KeyName>,
+    /// A client's: the lifetime (seconds, 0 when the server gave none) of
+    /// the last NewSessionTicket received and not yet taken.
+    ticket_received: Option<u32>,
+    /// The lifetime of the ticket GnuTLS is taking in (seen before it
+    /// parses the message, which consumes the body).
+    ticket_arriving: Option<u32>,
 }
 
 impl Transport {
@@ -143,17 +149,8 @@ impl ServerSession {
 
     fn configure_resumption(&mut self, setup: &SessionSetup<'_>) -> Result<(), TlsError> {
         let lifetime = i32::try_from(setup.lifetime).unwrap_or(i32::MAX);
-        // SAFETY: raw is a live session; the hook only reads the message and
-        // writes into the Transport registered as the session pointer.
-        unsafe {
-            ffi::gnutls_db_set_cache_expiration(self.ep.raw, lifetime);
-            ffi::gnutls_handshake_set_hook_function(
-                self.ep.raw,
-                ffi::GNUTLS_HANDSHAKE_NEW_SESSION_TICKET,
-                ffi::GNUTLS_HOOK_POST as c_int,
-                Some(handshake_hook),
-            );
-        }
+        // SAFETY: raw is a live session.
+        unsafe { ffi::gnutls_db_set_cache_expiration(self.ep.raw, lifetime) };
         if let Some(key) = setup.ticket_key {
             let datum = key.datum();
             // SAFETY: datum points at the 64-byte master, which GnuTLS copies.
@@ -231,6 +228,8 @@ impl Endpoint {
                 read_pos: 0,
                 outgoing: Vec::new(),
                 tickets_sent: Vec::new(),
+                ticket_received: None,
+                ticket_arriving: None,
             }),
         };
         ep.configure(credentials, priority)?;
@@ -248,6 +247,16 @@ impl Endpoint {
         // SAFETY: raw is a live session; the priority outlives it.
         let rc = unsafe { ffi::gnutls_priority_set(raw, priority.raw()) };
         TlsError::check(rc, "gnutls_priority_set")?;
+        // SAFETY: raw is a live session; the hook only reads the message and
+        // writes into the Transport registered as the session pointer below.
+        unsafe {
+            ffi::gnutls_handshake_set_hook_function(
+                raw,
+                ffi::GNUTLS_HANDSHAKE_NEW_SESSION_TICKET,
+                ffi::GNUTLS_HOOK_BOTH as c_int,
+                Some(handshake_hook),
+            )
+        };
         // SAFETY: as above, for the credentials.
         let rc = unsafe {
             ffi::gnutls_credentials_set(
@@ -295,6 +304,13 @@ impl Endpoint {
         if io.outgoing.is_empty() && io.outgoing.capacity() > KEEP {
             io.outgoing = Vec::new();
         }
+    }
+
+    /// The lifetime (seconds; 0: none given) of a NewSessionTicket that
+    /// arrived since the last call. A client's tickets come during a TLS
+    /// 1.2 handshake and after a TLS 1.3 one, inside `read`.
+    pub fn take_ticket_received(&mut self) -> Option<u32> {
+        self.io.ticket_received.take()
     }
 
     /// Bytes GnuTLS wants sent to the client.
@@ -552,26 +568,29 @@ unsafe extern "C" fn pull_timeout(ptr: ffi::gnutls_transport_ptr_t, _ms: c_uint)
     }
 }
 
-/// Sees every outgoing handshake message and records the key name of each
-/// NewSessionTicket (its first 16 bytes, where GnuTLS puts the name of the
-/// key that encrypted it): GnuTLS never sets GNUTLS_SFLAGS_SESSION_TICKET
-/// on a server.
+/// Sees every NewSessionTicket. A server records the key name of each it
+/// sends (its first 16 bytes, where GnuTLS puts the name of the key that
+/// encrypted it): GnuTLS never sets GNUTLS_SFLAGS_SESSION_TICKET on a
+/// server. A client notes the lifetime of each it receives (before GnuTLS
+/// parses it: afterwards the body is consumed), and once it is stored,
+/// that it is there: session data taken earlier would wait for one
+/// (gnutls_session_get_data2).
 ///
-/// On a TLS 1.3 full handshake GnuTLS queues its tickets right behind its
-/// own Finished, and they go out with that flight, as from a blocking
-/// server. Holding them back until the client's Finished arrived (which
-/// saves GnuTLS computing the expected Finished once in vain) cost every
-/// client that leaves right after its handshake, as TLS scanners do, its
-/// ticket: 2 or 3 of 10 `openssl s_client -sess_out` runs got one, against
-/// 10 of 10 now.
+/// On a TLS 1.3 full handshake GnuTLS queues a server's tickets right
+/// behind its own Finished, and they go out with that flight, as from a
+/// blocking server. Holding them back until the client's Finished arrived
+/// (which saves GnuTLS computing the expected Finished once in vain) cost
+/// every client that leaves right after its handshake, as TLS scanners do,
+/// its ticket: 2 or 3 of 10 `openssl s_client -sess_out` runs got one,
+/// against 10 of 10 now.
 unsafe extern "C" fn handshake_hook(
     session: ffi::gnutls_session_t,
     htype: c_uint,
-    _when: c_uint,
+    when: c_uint,
     incoming: c_uint,
     msg: *const ffi::gnutls_datum_t,
 ) -> c_int {
-    if htype != ffi::GNUTLS_HANDSHAKE_NEW_SESSION_TICKET || incoming != 0 || msg.is_null() {
+    if htype != ffi::GNUTLS_HANDSHAKE_NEW_SESSION_TICKET || msg.is_null() {
         return 0;
     }
     // SAFETY: GnuTLS passes the live session and a datum describing the
@@ -589,10 +608,26 @@ unsafe extern "C" fn handshake_hook(
             ffi::gnutls_protocol_get_version(session) == ffi::GNUTLS_TLS1_3,
         )
     };
-    if let Some(name) = ticket_key_name(body, tls13) {
-        io.tickets_sent.push(name);
+    let post = when == ffi::GNUTLS_HOOK_POST;
+    match (incoming != 0, post) {
+        (true, false) => io.ticket_arriving = Some(ticket_lifetime(body)),
+        (true, true) => io.ticket_received = io.ticket_arriving.take(),
+        (false, true) => {
+            if let Some(name) = ticket_key_name(body, tls13) {
+                io.tickets_sent.push(name);
+            }
+        }
+        (false, false) => {}
     }
     0
+}
+
+/// ticket_lifetime (RFC 8446 4.6.1) or ticket_lifetime_hint (RFC 5077
+/// 3.3): the first four bytes of either body.
+fn ticket_lifetime(body: &[u8]) -> u32 {
+    body.get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_be_bytes)
 }
 
 /// The key name inside a NewSessionTicket body: RFC 5077 3.3

@@ -136,6 +136,12 @@ impl MasterKey {
     }
 }
 
+/// The SHA-256 of `input` (None only if GnuTLS lacks the digest).
+pub fn sha256(input: &[u8]) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hash(ffi::GNUTLS_DIG_SHA256, input, &mut out).then_some(out)
+}
+
 /// `gnutls_hash_fast` into `out`, which must be the digest's size.
 fn hash(algorithm: ffi::gnutls_digest_algorithm_t, input: &[u8], out: &mut [u8]) -> bool {
     // SAFETY: input is readable for its length; out has room for the

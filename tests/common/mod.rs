@@ -14,8 +14,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod dnsmasq;
+mod hops;
 #[allow(unused_imports)]
 pub use dnsmasq::Dnsmasq;
+#[allow(unused_imports)]
+pub use hops::*;
 
 pub const WAIT: Duration = Duration::from_secs(20);
 pub const DOMAIN: &str = "example.org";

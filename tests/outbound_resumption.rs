@@ -1,0 +1,312 @@
+//! The sending side's TLS session cache (`--client-cache`), with real
+//! receivers on loopback: a second gsmtpd and Exim 4.96. Sessions survive
+//! a restart of the sender, a stale one costs a full handshake and is
+//! replaced, `none` caches nothing, and a resumed session still satisfies
+//! `+ocsp` through the staple its full handshake verified.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The sender's `=>` line for `id`.
+fn delivered_line(sender: &Server, id: &str) -> String {
+    let log = sender.wait_log(&format!("{id} => "));
+    sender.wait_log(&format!("{id} Completed"));
+    log.lines()
+        .find(|l| l.contains(&format!("{id} => ")))
+        .unwrap()
+        .to_string()
+}
+
+/// The `X=` field of a log line, e.g. `TLS1.3:TLS_AES_256_GCM_SHA384:256*`.
+fn x_field(line: &str) -> &str {
+    line.split(' ')
+        .find_map(|f| f.strip_prefix("X="))
+        .unwrap_or_else(|| panic!("no X= in {line}"))
+}
+
+/// The receiver's `<=` line for the message with `subject`, found through
+/// the id of the mailbox file (the receiver logs its own id).
+fn received_line(receiver: &Server, from: &str, n: usize) -> String {
+    let start = Instant::now();
+    loop {
+        let log = receiver.log();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&format!("<= {from} ")))
+            .collect();
+        if lines.len() > n {
+            return lines[n].to_string();
+        }
+        assert!(start.elapsed() < WAIT, "no {n}th <= line: {log}");
+        sleep(Duration::from_millis(50));
+    }
+}
+
+/// The sender's TLS session lines (`TLS session with ...`, logged as each
+/// connection ends), in order, once there are `n`.
+fn tls_lines(sender: &Server, n: usize) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let lines: Vec<String> = sender
+            .log()
+            .lines()
+            .filter(|l| l.contains("TLS session with "))
+            .map(String::from)
+            .collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "{} TLS session lines, not {n}",
+            lines.len()
+        );
+        sleep(Duration::from_millis(50));
+    }
+}
+
+fn args(hop: &str, extra: &[&str]) -> Vec<String> {
+    let mut a = route(hop);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn restart(sender: &mut Server) {
+    sender.signal("TERM");
+    sender.wait_exit(WAIT);
+}
+
+#[test]
+fn a_restarted_sender_resumes_its_session_with_the_next_hop() {
+    for (version, priority) in [("TLS1.3", None), ("TLS1.2", Some("NORMAL:-VERS-TLS1.3"))] {
+        let next_hop = receiver(&[]);
+        let hop = format!("[127.0.0.1]:{}", next_hop.port());
+        let mut extra = Vec::new();
+        if let Some(p) = priority {
+            extra.extend(["--tls-priority", p]);
+        }
+        let state = scratch_dir("resume-out");
+        let mut sender = sender_with(Some(state.clone()), &args(&hop, &extra));
+        let first = submit(
+            &sender,
+            "a@client.test",
+            "bob@remote.example",
+            "Subject: 1\n\nx\n",
+        );
+        let line = delivered_line(&sender, &first);
+        assert!(x_field(&line).starts_with(version), "{line}");
+        assert!(
+            !x_field(&line).ends_with('*'),
+            "a first delivery is a full handshake: {line}"
+        );
+        restart(&mut sender);
+
+        // The cache is a file of secrets.
+        let cache = state.join("client-cache.sqlite");
+        let mode = fs::metadata(&cache).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        let sender = sender_with(Some(state.clone()), &args(&hop, &extra));
+        let second = submit(
+            &sender,
+            "a@client.test",
+            "bob@remote.example",
+            "Subject: 2\n\nx\n",
+        );
+        let line = delivered_line(&sender, &second);
+        assert!(x_field(&line).starts_with(version), "{line}");
+        assert!(
+            x_field(&line).ends_with('*'),
+            "{version}: resumed after a restart: {line}"
+        );
+        let received = received_line(&next_hop, "a@client.test", 1);
+        assert!(
+            x_field(&received).ends_with('*'),
+            "the receiver saw it: {received}"
+        );
+        let tls = tls_lines(&sender, 1);
+        let last = &tls[0];
+        assert!(
+            last.contains("client-offered-session") && last.contains(",resumed)"),
+            "{last}"
+        );
+        // TLS 1.2 sessions may be offered again: a third delivery resumes
+        // too, as does a TLS 1.3 one with the ticket the second brought.
+        let third = submit(
+            &sender,
+            "a@client.test",
+            "bob@remote.example",
+            "Subject: 3\n\nx\n",
+        );
+        let line = delivered_line(&sender, &third);
+        assert!(x_field(&line).ends_with('*'), "{version}: {line}");
+    }
+}
+
+#[test]
+fn client_cache_none_never_offers_a_session() {
+    let next_hop = receiver(&[]);
+    let hop = format!("[127.0.0.1]:{}", next_hop.port());
+    let state = scratch_dir("no-cache");
+    let sender = sender_with(
+        Some(state.clone()),
+        &args(&hop, &["--client-cache", "none"]),
+    );
+    for n in 0..2 {
+        let id = submit(
+            &sender,
+            "a@client.test",
+            "bob@remote.example",
+            "Subject: n\n\nx\n",
+        );
+        let line = delivered_line(&sender, &id);
+        assert!(!x_field(&line).ends_with('*'), "{n}: {line}");
+    }
+    let tls = tls_lines(&sender, 2);
+    assert_eq!(tls.len(), 2, "{tls:?}");
+    for line in tls {
+        // Neither supported nor requested, offered or resumed (a TLS 1.3
+        // server may still send a ticket, which is dropped).
+        assert!(
+            line.contains("resumption 0x00(none)")
+                || line.contains("resumption 0x08(server-issued-ticket)"),
+            "{line}"
+        );
+    }
+    assert!(!state.join("client-cache.sqlite").exists());
+    assert!(
+        !next_hop.log().contains("client-offered-session"),
+        "{}",
+        next_hop.log()
+    );
+}
+
+#[test]
+fn a_next_hop_with_new_keys_gets_a_full_handshake_and_the_stale_session_is_replaced() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let hop = format!("[127.0.0.1]:{port}");
+    let mut next_hop = receiver(&["--listen", &listen]);
+    let sender = sender_with(None, &args(&hop, &[]));
+    let id = submit(
+        &sender,
+        "a@client.test",
+        "bob@remote.example",
+        "Subject: 1\n\nx\n",
+    );
+    delivered_line(&sender, &id);
+    // A restarted gsmtpd has fresh ticket keys (memory only): the cached
+    // ticket no longer decrypts.
+    next_hop.signal("TERM");
+    next_hop.wait_exit(WAIT);
+    let next_hop = receiver(&["--listen", &listen]);
+    let id = submit(
+        &sender,
+        "a@client.test",
+        "bob@remote.example",
+        "Subject: 2\n\nx\n",
+    );
+    let line = delivered_line(&sender, &id);
+    assert!(
+        !x_field(&line).ends_with('*'),
+        "stale: a full handshake: {line}"
+    );
+    let tls = tls_lines(&sender, 2);
+    assert!(tls[1].contains("client-offered-session"), "{tls:?}");
+    // ... whose ticket replaced the stale one.
+    let id = submit(
+        &sender,
+        "a@client.test",
+        "bob@remote.example",
+        "Subject: 3\n\nx\n",
+    );
+    let line = delivered_line(&sender, &id);
+    assert!(x_field(&line).ends_with('*'), "{line}");
+    assert_eq!(next_hop.mailbox_of("remote.example", "bob").len(), 2);
+}
+
+#[test]
+fn a_resumed_session_satisfies_ocsp_through_the_staple_of_its_full_handshake() {
+    let good = receiver(&["--ocsp", &pki_file("rsa.ocsp.der")]);
+    let hop = format!("[localhost]:{}", good.port());
+    let sender = sender_with(
+        None,
+        &args(
+            &hop,
+            &[
+                "--tls-policy",
+                "remote.example=verify+ocsp",
+                "--ca-file",
+                &pki_file("ca.pem"),
+            ],
+        ),
+    );
+    let first = submit(
+        &sender,
+        "a@client.test",
+        "olga@remote.example",
+        "Subject: 1\n\nx\n",
+    );
+    let line = delivered_line(&sender, &first);
+    assert!(!x_field(&line).ends_with('*'), "{line}");
+    let second = submit(
+        &sender,
+        "a@client.test",
+        "olga@remote.example",
+        "Subject: 2\n\nx\n",
+    );
+    let line = delivered_line(&sender, &second);
+    assert!(
+        x_field(&line).ends_with('*'),
+        "resumed, not deferred: {line}"
+    );
+    let tls = tls_lines(&sender, 2);
+    assert!(tls[0].contains(" OCSP=verified "), "{tls:?}");
+    assert!(tls[1].contains(" OCSP=cached "), "{tls:?}");
+    assert_eq!(good.mailbox_of("remote.example", "olga").len(), 2);
+}
+
+#[test]
+fn exim_as_the_next_hop_resumes_the_cached_session() {
+    // Exim's main tls_resumption_hosts: the hosts it issues tickets to.
+    let exim = EximHop::start("tls_resumption_hosts = *");
+    let hop = format!("[127.0.0.1]:{}", exim.port);
+    let state: PathBuf = scratch_dir("exim-resume");
+    let mut sender = sender_with(Some(state.clone()), &args(&hop, &[]));
+    let first = submit(
+        &sender,
+        "a@client.test",
+        "hal@remote.example",
+        "Subject: 1\n\nx\n",
+    );
+    delivered_line(&sender, &first);
+    restart(&mut sender);
+    let sender = sender_with(Some(state), &args(&hop, &[]));
+    let second = submit(
+        &sender,
+        "a@client.test",
+        "hal@remote.example",
+        "Subject: 2\n\nx\n",
+    );
+    let line = delivered_line(&sender, &second);
+    assert!(x_field(&line).ends_with('*'), "{line}");
+    exim.mail(2);
+    let log = exim.mainlog();
+    let received: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("<= a@client.test"))
+        .collect();
+    assert_eq!(received.len(), 2, "{log}");
+    assert!(!x_field(received[0]).ends_with('*'), "{log}");
+    assert!(
+        x_field(received[1]).ends_with('*'),
+        "Exim resumed it: {log}"
+    );
+}
