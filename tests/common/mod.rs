@@ -142,12 +142,16 @@ impl Server {
         let sink = Arc::clone(&log);
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening on") {
-                    let _ = tx.send(line.clone());
+                // Into the log first: a test that starts once the server
+                // listens may look for this very line.
+                {
+                    let mut l = sink.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
                 }
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
+                if line.contains("listening on") {
+                    let _ = tx.send(line);
+                }
             }
         });
         let line = match rx.recv_timeout(WAIT) {
