@@ -111,6 +111,8 @@ pub struct Sending {
     pub queue_lifetime: Duration,
     /// Outbound TLS sessions; None with `--client-cache none`.
     pub client_cache: Option<PathBuf>,
+    /// How long a next hop's EHLO response is trusted for early pipelining.
+    pub ehlo_cache_expire: Duration,
 }
 
 /// Most worker processes; far beyond the cores of any MX host.
@@ -296,6 +298,12 @@ fn options() -> Options {
         "client-cache",
         "SQLite cache of outbound TLS sessions, or none (default STATE_DIR/client-cache.sqlite)",
         "FILE",
+    );
+    o.optopt(
+        "",
+        "ehlo-cache-expire",
+        "how long a next hop's EHLO response is trusted for early pipelining (default 604800)",
+        "SECONDS",
     );
     o.optopt(
         "",
@@ -518,6 +526,7 @@ fn build(m: &Matches) -> Result<Config, UsageError> {
         retry_max: seconds(m, "retry-max", 4000)?,
         queue_lifetime: seconds(m, "queue-lifetime", 432_000)?,
         client_cache: file_or_none(m, "client-cache", state_dir.join("client-cache.sqlite"))?,
+        ehlo_cache_expire: seconds(m, "ehlo-cache-expire", 604_800)?,
     };
     if sending.retry_max < sending.retry_min {
         return Err(UsageError(
@@ -774,6 +783,15 @@ mod tests {
             None
         );
         assert!(error(&["--client-cache", ""]).starts_with("--client-cache:"));
+        assert_eq!(c.sending.ehlo_cache_expire, Duration::from_secs(604_800));
+        assert_eq!(
+            run(&["--ehlo-cache-expire", "60"])
+                .unwrap()
+                .sending
+                .ehlo_cache_expire,
+            Duration::from_secs(60)
+        );
+        assert!(error(&["--ehlo-cache-expire", "0"]).starts_with("--ehlo-cache-expire:"));
         let c = run(&[
             "--relay-from",
             "127.0.0.0/8,::1",

@@ -38,7 +38,7 @@
 //! | 2 | bit i % 8: message i is 8-bit |
 //! | 3 | bit i % 8: message i also has a UTF-8 recipient (so needs SMTPUTF8) |
 //! | 4 | bits 0-1: 1 `connection_lost`, 2 `timed_out`, 3 `quit`; bits 2-7: after which chunk (past the last one: at the end) |
-//! | 5 | bits 0-2 the driver's content chunk size (1, 2, 3, 7, 64, 512, 4096, 65536), bits 3-5 the content length (0, 1, 2, 17, 100, 1000, 5000, 70000; a pattern with dots, bare CR and LF, no final CRLF), bit 6 declare a million bytes more (SIZE refusals) |
+//! | 5 | bits 0-2 the driver's content chunk size (1, 2, 3, 7, 64, 512, 4096, 65536), bits 3-5 the content length (0, 1, 2, 17, 100, 1000, 5000, 70000; a pattern with dots, bare CR and LF, no final CRLF), bit 6 declare a million bytes more (SIZE refusals), bit 7 kept EHLO responses (outside and inside TLS) offer PIPECONNECT: early pipelining |
 //! | 6 | with partial writes, the bytes written per turn of the loop, minus one |
 //! | 7 | `n` = byte % 16: the number of chunk lengths that follow |
 //!

@@ -1,8 +1,10 @@
-//! The sending side's TLS session cache (`--client-cache`), with real
-//! receivers on loopback: a second gsmtpd and Exim 4.96. Sessions survive
-//! a restart of the sender, a stale one costs a full handshake and is
-//! replaced, `none` caches nothing, and a resumed session still satisfies
-//! `+ocsp` through the staple its full handshake verified.
+//! The sending side's cache (`--client-cache`) of TLS sessions and EHLO
+//! responses, with real receivers on loopback: a second gsmtpd and Exim
+//! 4.96. Sessions survive a restart of the sender, a stale one costs a
+//! full handshake and is replaced, `none` caches nothing, a resumed
+//! session still satisfies `+ocsp` through the staple its full handshake
+//! verified, and early pipelining (`L*`) follows a kept EHLO response
+//! until the receiver answers otherwise.
 
 mod common;
 
@@ -126,11 +128,13 @@ fn a_restarted_sender_resumes_its_session_with_the_next_hop() {
             x_field(&line).ends_with('*'),
             "{version}: resumed after a restart: {line}"
         );
+        assert!(line.contains(" L* "), "{version}: early pipelining: {line}");
         let received = received_line(&next_hop, "a@client.test", 1);
         assert!(
             x_field(&received).ends_with('*'),
             "the receiver saw it: {received}"
         );
+        assert!(received.contains(" L*"), "{received}");
         let tls = tls_lines(&sender, 1);
         let last = &tls[0];
         assert!(
@@ -274,9 +278,10 @@ fn a_resumed_session_satisfies_ocsp_through_the_staple_of_its_full_handshake() {
 }
 
 #[test]
-fn exim_as_the_next_hop_resumes_the_cached_session() {
-    // Exim's main tls_resumption_hosts: the hosts it issues tickets to.
-    let exim = EximHop::start("tls_resumption_hosts = *");
+fn exim_as_the_next_hop_resumes_and_takes_early_pipelining() {
+    // Exim's main tls_resumption_hosts: the hosts it issues tickets to;
+    // pipelining_connect_advertise_hosts: those offered PIPECONNECT.
+    let exim = EximHop::start("tls_resumption_hosts = *\npipelining_connect_advertise_hosts = *");
     let hop = format!("[127.0.0.1]:{}", exim.port);
     let state: PathBuf = scratch_dir("exim-resume");
     let mut sender = sender_with(Some(state.clone()), &args(&hop, &[]));
@@ -297,6 +302,7 @@ fn exim_as_the_next_hop_resumes_the_cached_session() {
     );
     let line = delivered_line(&sender, &second);
     assert!(x_field(&line).ends_with('*'), "{line}");
+    assert!(line.contains(" L* "), "{line}");
     exim.mail(2);
     let log = exim.mainlog();
     let received: Vec<&str> = log
@@ -308,5 +314,61 @@ fn exim_as_the_next_hop_resumes_the_cached_session() {
     assert!(
         x_field(received[1]).ends_with('*'),
         "Exim resumed it: {log}"
+    );
+}
+
+/// Delivers one message and returns the sender's `=>` line.
+fn deliver_one(sender: &Server, n: usize) -> String {
+    let id = submit(
+        sender,
+        "a@client.test",
+        "bob@remote.example",
+        &format!("Subject: {n}\n\nx\n"),
+    );
+    delivered_line(sender, &id)
+}
+
+fn restart_receiver(receiver: &mut Server, listen: &str, extra: &[&str]) -> Server {
+    receiver.signal("TERM");
+    receiver.wait_exit(WAIT);
+    let mut args = vec!["--listen", listen];
+    args.extend_from_slice(extra);
+    common::receiver(&args)
+}
+
+#[test]
+fn a_changed_ehlo_response_costs_early_pipelining_once_and_the_mail_still_goes() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut next_hop = receiver(&["--listen", &listen]);
+    let sender = sender_with(None, &args(&format!("[127.0.0.1]:{port}"), &[]));
+    assert!(!deliver_one(&sender, 1).contains(" L*"));
+    assert!(deliver_one(&sender, 2).contains(" L* "), "kept: early");
+    // The receiver now offers another SIZE: the EHLO response changed.
+    let mut next_hop2 =
+        restart_receiver(&mut next_hop, &listen, &["--max-message-size", "1000000"]);
+    let line = deliver_one(&sender, 3);
+    assert!(!line.contains(" L*"), "the ordinary way: {line}");
+    sender.wait_log("the EHLO response changed");
+    // ... and the new response is kept, so the next one pipelines early.
+    assert!(deliver_one(&sender, 4).contains(" L* "));
+    // The receiver stops offering PIPECONNECT.
+    let next_hop3 = restart_receiver(
+        &mut next_hop2,
+        &listen,
+        &["--max-message-size", "1000000", "--pipe-connect-hosts", ""],
+    );
+    let line = deliver_one(&sender, 5);
+    assert!(!line.contains(" L*"), "{line}");
+    assert!(!deliver_one(&sender, 6).contains(" L*"), "no longer kept");
+    // Every message arrived once: two at each of the three receivers.
+    for hop in [&next_hop, &next_hop2, &next_hop3] {
+        assert_eq!(hop.mailbox_of("remote.example", "bob").len(), 2);
+    }
+    assert_eq!(
+        sender.log().matches(" => bob@remote.example").count(),
+        6,
+        "{}",
+        sender.log()
     );
 }

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use crate::smtp_client::{
-    Action, CONTENT_LOW_WATER, Client, ClientConfig, Command, Delivery, End, Failure, MessageId,
-    Outcome, Outgoing, Refusal, TlsWanted, Wait,
+    Action, CONTENT_LOW_WATER, Client, ClientConfig, Command, ConnectionError, Delivery, Early,
+    Ehlo, End, Failure, MessageId, Outcome, Outgoing, Refusal, TlsWanted, Wait,
 };
 
 use super::{Header, trace};
@@ -27,6 +27,8 @@ const OUTPUT_SLACK: usize = 8192;
 struct Plan<'a> {
     tls: TlsWanted,
     implicit_tls: bool,
+    /// Kept EHLO responses that allow early pipelining.
+    early: bool,
     continue_without_tls: bool,
     partial_writes: Option<usize>,
     quit_when_idle: bool,
@@ -98,6 +100,7 @@ impl<'a> Plan<'a> {
                 _ => TlsWanted::Required,
             },
             implicit_tls: bit(2),
+            early: content & 0x80 != 0,
             continue_without_tls: bit(3),
             partial_writes: bit(4).then_some(usize::from(write) + 1),
             quit_when_idle: bit(5),
@@ -113,10 +116,24 @@ impl<'a> Plan<'a> {
     }
 
     fn config(&self) -> ClientConfig {
+        let kept = || {
+            Ehlo::from_raw(
+                b"250-mx.example Hello\r\n250-PIPELINING\r\n250-PIPECONNECT\r\n\
+                  250-STARTTLS\r\n250-CHUNKING\r\n250-8BITMIME\r\n250 SIZE 1000000\r\n",
+            )
+        };
         ClientConfig {
             helo_name: "client.example".into(),
             tls: self.tls,
             implicit_tls: self.implicit_tls,
+            early: if self.early {
+                Early {
+                    plain: kept(),
+                    tls: kept(),
+                }
+            } else {
+                Early::default()
+            },
         }
     }
 }
@@ -402,6 +419,16 @@ impl<'a> Harness<'a> {
                 Outcome::Deferred(Failure::Refused(refusal)) => {
                     panic!("deferred for {refusal}")
                 }
+                Outcome::Deferred(Failure::Connection(ConnectionError::EarlyPipelining(_))) => {
+                    // A server that surprised early pipelining may not
+                    // have a message it could deliver.
+                    self.observe();
+                    assert!(
+                        no_content(&self.produced[start..]),
+                        "content went out before the early EHLO reply matched: {:?}",
+                        String::from_utf8_lossy(&self.produced[start..])
+                    );
+                }
                 Outcome::Deferred(Failure::Connection(_)) => {}
             }
         }
@@ -476,6 +503,17 @@ fn reference_encoding(content: &[u8], stuff: bool) -> Vec<u8> {
 /// The message's commands start at `start` in `wire`: the content follows
 /// its DATA line, encoded and ended by ".", or is the concatenation of its
 /// BDAT chunks up to LAST.
+/// The output holds commands only: no BDAT, nothing after a DATA.
+fn no_content(output: &[u8]) -> bool {
+    let mut lines = output.split_inclusive(|&b| b == b'\n');
+    while let Some(line) = lines.next() {
+        if line.starts_with(b"BDAT ") || (line == b"DATA\r\n" && lines.next().is_some()) {
+            return false;
+        }
+    }
+    true
+}
+
 fn content_sent(wire: &[u8], start: usize, content: &[u8]) -> bool {
     let mut at = start;
     let mut chunks = Vec::new();

@@ -19,7 +19,8 @@ use crate::client_cache::{self, ClientCache, KeyParts, NewSession, SessionKey};
 use crate::queue::QueueDir;
 use crate::routing::TlsLevel;
 use crate::smtp_client::{
-    Action, Client, ClientConfig, End, MessageId, Outcome, Outgoing, TlsWanted,
+    Action, Client, ClientConfig, ConnectionError, Early, End, Failure, MessageId, Outcome,
+    Outgoing, TlsWanted,
 };
 use crate::tls::{ClientSession, ClientSetup, Credentials, Handshake, Priority, ReadStatus};
 
@@ -49,6 +50,8 @@ pub struct Ctx<'a> {
     pub queue: &'a QueueDir,
     pub tls: &'a ClientTls,
     pub cache: &'a mut ClientCache,
+    /// `--ehlo-cache-expire`, seconds.
+    pub ehlo_expire: u64,
     /// The process is stopping: take no new job.
     pub stopping: bool,
     /// Messages found removed from the queue (`gsmtpd queue remove`).
@@ -64,6 +67,8 @@ pub enum Event {
         results: Vec<Outcome>,
         /// `X=` of the log line, when TLS was used.
         tls: Option<String>,
+        /// Early pipelining was used (`L*`).
+        early: bool,
     },
     /// The connection is over.
     Closed(Closed),
@@ -80,6 +85,9 @@ pub struct Closed {
     pub tls_failed: bool,
     /// It never got as far as a message: another address may be tried.
     pub before_any_message: bool,
+    /// Early pipelining met a surprise: its job is back in the queue of
+    /// the destination, to go again at once the ordinary way.
+    pub again: bool,
 }
 
 enum Tls {
@@ -125,6 +133,9 @@ pub struct Connection {
     client: Client,
     tls: Tls,
     resumption: Option<Resumption>,
+    /// The EHLO responses early pipelining relies on (kept from earlier
+    /// connections to this address).
+    early: Early,
     sending: Option<Sending>,
     messages: usize,
     events: Vec<Event>,
@@ -138,6 +149,7 @@ impl Connection {
         attempt: usize,
         plaintext: bool,
         hostname: &str,
+        early: Early,
         now: Instant,
     ) -> io::Result<Connection> {
         let socket = TcpStream::connect(address.addr)?;
@@ -152,6 +164,7 @@ impl Connection {
             helo_name: hostname.to_string(),
             tls,
             implicit_tls: key.hop.implicit_tls(),
+            early: early.clone(),
         });
         Ok(Connection {
             socket,
@@ -164,6 +177,7 @@ impl Connection {
             client,
             tls: Tls::Off,
             resumption: None,
+            early,
             sending: None,
             messages: 0,
             events: Vec::new(),
@@ -312,26 +326,66 @@ impl Connection {
                 Action::Ready => self.next_message(ctx),
                 Action::NeedContent(_) => self.supply_content(),
                 Action::Done(delivery) => {
-                    let job = self.sending.take().map(|s| s.job);
-                    if let Some(job) = job {
-                        self.messages += 1;
-                        let results = delivery.recipients.into_iter().map(|r| r.outcome).collect();
-                        self.events.push(Event::Results {
-                            job,
-                            results,
-                            tls: self.tls_field(),
-                        });
+                    let Some(job) = self.sending.take().map(|s| s.job) else {
+                        continue;
+                    };
+                    let results: Vec<Outcome> =
+                        delivery.recipients.into_iter().map(|r| r.outcome).collect();
+                    if results.iter().all(is_early_surprise) {
+                        // Sent again at once, the ordinary way (nothing
+                        // that could be taken for a message went out).
+                        ctx.jobs.push_front(job);
+                        continue;
                     }
+                    self.messages += 1;
+                    self.events.push(Event::Results {
+                        job,
+                        results,
+                        tls: self.tls_field(),
+                        early: self.client.early_pipelining(),
+                    });
                 }
                 Action::Closed(end) => {
+                    self.keep_ehlo(ctx);
                     self.flush();
-                    self.end(end);
+                    self.end(end, ctx);
                     return;
                 }
             }
         }
+        self.keep_ehlo(ctx);
         self.flush();
         self.rearm(now);
+    }
+
+    /// Keeps the server's EHLO response for early pipelining next time,
+    /// where it offers that and differs from the one kept; forgets the
+    /// kept ones when it no longer offers it.
+    fn keep_ehlo(&mut self, ctx: &mut Ctx<'_>) {
+        let Some((tls, ehlo)) = self.client.take_ehlo_seen() else {
+            return;
+        };
+        let kept = if tls {
+            &self.early.tls
+        } else {
+            &self.early.plain
+        };
+        let addr = self.address.addr;
+        if ehlo.allows_early_pipelining() {
+            if !kept.as_ref().is_some_and(|k| k.same_offer(&ehlo)) {
+                let expires = unix_now().saturating_add(ctx.ehlo_expire as i64);
+                ctx.cache.store_ehlo(addr, tls, &ehlo.raw, expires);
+            }
+        } else if kept.is_some() {
+            log::info!(
+                "{} [{}]:{} no longer offers PIPECONNECT{}",
+                self.address.host,
+                addr.ip(),
+                addr.port(),
+                if tls { " inside TLS" } else { "" }
+            );
+            ctx.cache.forget_ehlo(addr);
+        }
     }
 
     /// The next job of the destination, or QUIT when there is none.
@@ -591,17 +645,31 @@ impl Connection {
     }
 
     /// The engine says the connection is over.
-    fn end(&mut self, end: End) {
-        let reason = match &end {
+    fn end(&mut self, end: End, ctx: &mut Ctx<'_>) {
+        let mut reason = match &end {
             End::Quit => None,
             other => Some(other.to_string()),
         };
+        let early = self.client.early_pipelining();
+        let surprise = matches!(&end, End::Error(ConnectionError::EarlyPipelining(_)));
+        let injected = matches!(&end, End::Error(ConnectionError::Protocol(p))
+            if *p == crate::smtp_client::ProtocolError::StartTlsInjection);
+        if surprise || (early && injected) {
+            // What was kept no longer holds: next time, the ordinary way.
+            ctx.cache.forget_ehlo(self.address.addr);
+        }
+        if surprise && let Some(r) = reason.as_mut() {
+            r.push_str(
+                "; the kept EHLO responses are dropped and the mail goes again the ordinary way",
+            );
+        }
         let before_any_message = self.messages == 0 && self.sending.is_none();
         self.finish(Closed {
             reason,
             permanent: end.is_permanent(),
             tls_failed: false,
             before_any_message,
+            again: surprise,
         });
     }
 
@@ -613,6 +681,7 @@ impl Connection {
             permanent: false,
             tls_failed,
             before_any_message: self.messages == 0,
+            again: false,
         });
     }
 
@@ -650,6 +719,14 @@ impl Connection {
             r.ocsp
         );
     }
+}
+
+/// Deferred because early pipelining met a surprise.
+fn is_early_surprise(outcome: &Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::Deferred(Failure::Connection(ConnectionError::EarlyPipelining(_)))
+    )
 }
 
 fn unix_now() -> i64 {

@@ -37,6 +37,7 @@ use crate::control::{Channel, ToChild, ToSupervisor};
 use crate::dns::Resolver;
 use crate::queue::QueueDir;
 use crate::signals::Signals;
+use crate::smtp_client::{Early, Ehlo};
 use crate::store::Store;
 use crate::tls::{Credentials, Priority};
 use connection::{ClientTls, Connection, Ctx, Event};
@@ -436,12 +437,14 @@ impl Outbound {
         };
         let addresses = dest.addresses.clone().unwrap_or_default();
         while let Some(address) = addresses.get(attempt).cloned() {
+            let early = self.kept_ehlo(address.addr);
             match Connection::connect(
                 key.clone(),
                 address.clone(),
                 attempt,
                 plaintext,
                 &self.config.hostname,
+                early,
                 now,
             ) {
                 Ok(conn) => {
@@ -533,6 +536,7 @@ impl Outbound {
             queue: &self.queue,
             tls: &self.tls,
             cache: &mut self.cache,
+            ehlo_expire: self.config.sending.ehlo_cache_expire.as_secs(),
             stopping: self.stopping.is_some(),
             gone: &mut gone,
         };
@@ -553,19 +557,40 @@ impl Outbound {
         }
         for event in events {
             match event {
-                Event::Results { job, results, tls } => {
+                Event::Results {
+                    job,
+                    results,
+                    tls,
+                    early,
+                } => {
                     self.results.delivered(
                         &mut self.schedule,
                         &job,
                         results,
                         &address,
                         tls.as_deref(),
+                        early,
                     );
                 }
                 Event::Closed(closed) => {
                     self.on_closed(&key, &address, attempt, plaintext, closed, Instant::now())
                 }
             }
+        }
+    }
+
+    /// What `addr` said to EHLO on earlier connections, for early
+    /// pipelining.
+    fn kept_ehlo(&mut self, addr: std::net::SocketAddr) -> Early {
+        let now = unix_secs() as i64;
+        let mut kept = |tls| {
+            self.cache
+                .ehlo(addr, tls, now)
+                .and_then(|raw| Ehlo::from_raw(&raw))
+        };
+        Early {
+            plain: kept(false),
+            tls: kept(true),
         }
     }
 
@@ -586,6 +611,11 @@ impl Outbound {
         let Some(reason) = closed.reason else {
             return;
         };
+        if closed.again && self.stopping.is_none() {
+            log::info!("{}: {reason}", key.hop.describe());
+            self.connect(key, attempt, plaintext, now);
+            return;
+        }
         let at = format!(
             "{} [{}]:{}",
             address.host,

@@ -81,6 +81,7 @@ impl Results {
         results: Vec<Outcome>,
         address: &Address,
         tls: Option<&str>,
+        early: bool,
     ) {
         let host = format!(
             "H={} [{}]:{}",
@@ -88,7 +89,10 @@ impl Results {
             address.addr.ip(),
             address.addr.port()
         );
-        let x = tls.map(|t| format!(" X={t}")).unwrap_or_default();
+        let mut x = tls.map(|t| format!(" X={t}")).unwrap_or_default();
+        if early {
+            x.push_str(" L*");
+        }
         for (&rcpt, outcome) in job.rcpts.iter().zip(results) {
             let Some(mailbox) = recipient(schedule, &job.id, rcpt) else {
                 continue;

@@ -103,6 +103,15 @@ pub struct Client {
     next_id: u64,
     /// Reused for BDAT chunks, whose size must be known before they go out.
     pub(super) scratch: Vec<u8>,
+    /// Pipelining early: the kept EHLO response the server's reply must
+    /// match; None when not, or once it did.
+    pub(super) early_expected: Option<Ehlo>,
+    /// Pipelining early, and the banner has not arrived yet.
+    early_greeting: bool,
+    /// Early pipelining was used on this connection.
+    early_used: bool,
+    /// The latest EHLO response, for the driver to keep: (inside TLS, it).
+    ehlo_seen: Option<(bool, Ehlo)>,
 }
 
 impl Client {
@@ -114,7 +123,7 @@ impl Client {
             .map(|c| if c.is_control() { '?' } else { c })
             .collect();
         let tls = config.implicit_tls;
-        Client {
+        let mut client = Client {
             config,
             phase: Phase::Greeting,
             reader: ReplyReader::default(),
@@ -128,7 +137,44 @@ impl Client {
             done: VecDeque::new(),
             next_id: 0,
             scratch: Vec::new(),
+            early_expected: None,
+            early_greeting: false,
+            early_used: false,
+            ehlo_seen: None,
+        };
+        client.start_early();
+        client
+    }
+
+    /// Pipelines early where a kept EHLO response allows it (see
+    /// [`super::Early`]).
+    fn start_early(&mut self) {
+        let usable = |e: &Option<Ehlo>| e.clone().filter(Ehlo::allows_early_pipelining);
+        let (plain, tls) = (
+            usable(&self.config.early.plain),
+            usable(&self.config.early.tls),
+        );
+        let kept = if self.config.implicit_tls {
+            tls
+        } else {
+            plain.filter(|p| p.starttls || self.config.tls != TlsWanted::Required)
+        };
+        let Some(kept) = kept else {
+            return;
+        };
+        self.early_greeting = true;
+        self.early_used = true;
+        self.send_ehlo();
+        let starttls = !self.tls && self.config.tls != TlsWanted::Never && kept.starttls;
+        if starttls {
+            self.out.command("STARTTLS");
+            self.expect.push_back(Expect::StartTls);
+            self.phase = Phase::StartTls;
+        } else {
+            self.phase = Phase::Open;
+            self.ehlo = Some(kept.clone());
         }
+        self.early_expected = Some(kept);
     }
 
     /// Bytes from the server, in any pieces. Once the connection is closed
@@ -232,9 +278,29 @@ impl Client {
         self.reader = ReplyReader::default();
         if self.quit_requested {
             self.send_quit();
-        } else {
-            self.send_ehlo();
+            return;
         }
+        self.send_ehlo();
+        let kept = self.config.early.tls.clone();
+        if let Some(kept) = kept.filter(Ehlo::allows_early_pipelining) {
+            // The first message's commands go with this EHLO.
+            self.early_used = true;
+            self.phase = Phase::Open;
+            self.ehlo = Some(kept.clone());
+            self.early_expected = Some(kept);
+        }
+    }
+
+    /// Early pipelining was used on this connection (and, if it is still
+    /// open or ended well, met no surprise).
+    pub fn early_pipelining(&self) -> bool {
+        self.early_used
+    }
+
+    /// The EHLO response received since the last call, and whether it came
+    /// inside TLS: for the driver to keep for early pipelining.
+    pub fn take_ehlo_seen(&mut self) -> Option<(bool, Ehlo)> {
+        self.ehlo_seen.take()
     }
 
     /// After [`Action::TlsRefused`]: go on in plaintext.
@@ -289,9 +355,16 @@ impl Client {
     }
 
     fn ready(&self) -> bool {
+        // Pipelining early, the first message goes behind the EHLO whose
+        // reply is still due.
+        let early = self.early_expected.is_some()
+            && self
+                .expect
+                .iter()
+                .all(|e| matches!(e, Expect::Greeting | Expect::Ehlo));
         matches!(self.phase, Phase::Open)
             && self.txn.is_none()
-            && self.expect.is_empty()
+            && (self.expect.is_empty() || early)
             && !self.quit_requested
     }
 
@@ -323,6 +396,19 @@ impl Client {
             self.expect.clear();
             self.phase = Phase::Closed(End::Quit);
             return;
+        }
+        if expect == Expect::Greeting && self.early_greeting {
+            self.early_greeting = false;
+            if reply.class() != 2 {
+                return self.surprise(format!("banner {reply}"));
+            }
+            // EHLO is on its way already.
+            return self.advance();
+        }
+        if expect == Expect::Ehlo
+            && let Some(kept) = self.early_expected.take()
+        {
+            return self.on_early_ehlo(kept, reply, raw);
         }
         if reply.code == 421 {
             // RFC 5321 3.8: the server is closing; no more replies come.
@@ -363,10 +449,32 @@ impl Client {
         }
     }
 
+    /// The reply to an EHLO sent early must offer what the kept one did;
+    /// then the commands behind it stand, and content may follow.
+    fn on_early_ehlo(&mut self, kept: Ehlo, reply: Reply, raw: Vec<u8>) {
+        if reply.class() != 2 {
+            return self.surprise(format!("EHLO refused: {reply}"));
+        }
+        let ehlo = Ehlo::parse(&reply, raw);
+        if !ehlo.same_offer(&kept) {
+            return self.surprise("the EHLO response changed".into());
+        }
+        self.ehlo_seen = Some((self.tls, ehlo.clone()));
+        self.ehlo = Some(ehlo);
+        self.advance();
+    }
+
+    /// The server did not answer early pipelining as it did before.
+    fn surprise(&mut self, why: String) {
+        self.fail(ConnectionError::EarlyPipelining(why));
+    }
+
     fn on_ehlo(&mut self, reply: Reply, raw: Vec<u8>) {
         match reply.class() {
             2 => {
-                self.ehlo = Some(Ehlo::parse(&reply, raw));
+                let ehlo = Ehlo::parse(&reply, raw);
+                self.ehlo_seen = Some((self.tls, ehlo.clone()));
+                self.ehlo = Some(ehlo);
                 self.after_hello();
             }
             // Only a permanent refusal means the server does not know

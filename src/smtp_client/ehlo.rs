@@ -1,7 +1,7 @@
 //! The EHLO reply: the extensions the engine uses, and the reply itself for
 //! the driver (which may cache it to pipeline early on a later connection).
 
-use super::reply::Reply;
+use super::reply::{Read, Reply, ReplyReader};
 
 /// What the server's latest EHLO reply said. After STARTTLS only the reply
 /// to the EHLO sent inside TLS counts (RFC 3207 4.2).
@@ -75,6 +75,32 @@ impl Ehlo {
     }
 }
 
+impl Ehlo {
+    /// A reply kept by the driver ([`Ehlo::raw`]), parsed again: None
+    /// unless it is exactly one positive reply.
+    pub fn from_raw(raw: &[u8]) -> Option<Ehlo> {
+        let (used, read) = ReplyReader::default().read(raw);
+        match read {
+            Read::Reply(reply, _) if used == raw.len() && reply.class() == 2 => {
+                Some(Ehlo::parse(&reply, raw.to_vec()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Early pipelining may rely on this response: Exim's PIPECONNECT,
+    /// and PIPELINING for the commands that follow the EHLO.
+    pub fn allows_early_pipelining(&self) -> bool {
+        self.pipe_connect && self.pipelining
+    }
+
+    /// The server offers the same as in `other`: every line but the first
+    /// (which greets the client by name and address), byte for byte.
+    pub fn same_offer(&self, other: &Ehlo) -> bool {
+        self.lines.get(1..) == other.lines.get(1..)
+    }
+}
+
 fn decimal(text: &str) -> Option<u64> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -114,6 +140,31 @@ mod tests {
         assert!(ehlo.size);
         assert_eq!(ehlo.size_limit, Some(1000));
         assert_eq!(ehlo.lines.len(), 10);
+    }
+
+    #[test]
+    fn a_kept_response_parses_again_and_compares_by_its_offer() {
+        let raw = b"250-mx.test Hello a [192.0.2.1]\r\n250-PIPELINING\r\n250 PIPECONNECT\r\n";
+        let ehlo = Ehlo::from_raw(raw).unwrap();
+        assert!(ehlo.allows_early_pipelining());
+        assert_eq!(ehlo.raw, raw);
+        let other = Ehlo::from_raw(
+            b"250-mx.test Hello b [192.0.2.2]\r\n250-PIPELINING\r\n250 PIPECONNECT\r\n",
+        )
+        .unwrap();
+        assert!(ehlo.same_offer(&other), "only the greeting line differs");
+        let changed =
+            Ehlo::from_raw(b"250-mx.test Hello a [192.0.2.1]\r\n250 PIPELINING\r\n").unwrap();
+        assert!(!ehlo.same_offer(&changed));
+        assert!(!changed.allows_early_pipelining());
+        for bad in [
+            &b"550 no\r\n"[..],
+            b"250-mx\r\n",
+            b"250 mx\r\n250 again\r\n",
+            b"",
+        ] {
+            assert!(Ehlo::from_raw(bad).is_none(), "{bad:?}");
+        }
     }
 
     #[test]

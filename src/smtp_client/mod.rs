@@ -81,6 +81,35 @@ pub struct ClientConfig {
     /// The connection is TLS from its start (RFC 8314, port 465): no
     /// STARTTLS, and `Required` is met.
     pub implicit_tls: bool,
+    /// What this server said to EHLO on an earlier connection, for early
+    /// pipelining (see [`Early`]).
+    pub early: Early,
+}
+
+/// EHLO responses the driver kept from an earlier connection to the same
+/// address and port. Where the one that applies offered PIPECONNECT (and
+/// PIPELINING), the engine pipelines early, as Exim's `hosts_pipe_connect`
+/// does:
+///
+/// - plaintext (and implicit TLS, inside it): EHLO before the banner, and
+///   the first message's MAIL, RCPT and DATA right behind it;
+/// - STARTTLS: EHLO and STARTTLS before the banner; after the handshake,
+///   with `tls` kept too, EHLO and the first message's commands in one
+///   write.
+///
+/// A BDAT chunk (content) waits until the EHLO reply matched: content
+/// must never reach a server we would then abandon, since it could
+/// deliver it. Anything unexpected (a banner other than 2xx, an EHLO reply
+/// other than 2xx or offering something else than the kept one) fails the
+/// connection with [`ConnectionError::EarlyPipelining`]: its message is
+/// deferred unsent, and the driver drops the kept responses and sends it
+/// again the ordinary way.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Early {
+    /// The response outside TLS.
+    pub plain: Option<Ehlo>,
+    /// The response inside TLS (after STARTTLS, or on implicit TLS).
+    pub tls: Option<Ehlo>,
 }
 
 /// One message for [`Client::submit`].
@@ -214,6 +243,9 @@ pub enum ConnectionError {
     /// A reply when none was due; a 421 here is a server closing an idle
     /// connection (RFC 5321 3.8).
     Unsolicited(Reply),
+    /// Early pipelining met a surprise (see [`Early`]); nothing was sent
+    /// that the server could have taken as a message.
+    EarlyPipelining(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -386,6 +418,7 @@ impl fmt::Display for ConnectionError {
             ConnectionError::TimedOut(wait) => write!(f, "timed out ({})", wait.describe()),
             ConnectionError::Protocol(error) => write!(f, "protocol error: {error}"),
             ConnectionError::Unsolicited(reply) => write!(f, "unsolicited reply: {reply}"),
+            ConnectionError::EarlyPipelining(why) => write!(f, "early pipelining: {why}"),
         }
     }
 }

@@ -45,6 +45,7 @@ fn config(tls: TlsWanted) -> ClientConfig {
         helo_name: NAME.into(),
         tls,
         implicit_tls: false,
+        early: Early::default(),
     }
 }
 
@@ -2224,5 +2225,270 @@ fn replies_before_ready_may_share_a_read() {
     assert_eq!(
         make().run(&[&together, &[MAIL_OK, RCPT_OK].concat(), QUEUED]),
         apart
+    );
+}
+
+// ---------------------------------------------------------------- early pipelining
+
+/// A kept EHLO response with these keyword lines.
+fn kept(keywords: &[&str]) -> Option<Ehlo> {
+    Some(Ehlo::from_raw(&ehlo(keywords)).unwrap())
+}
+
+fn early_config(tls: TlsWanted, plain: &[&str], inside: &[&str]) -> ClientConfig {
+    ClientConfig {
+        early: Early {
+            plain: kept(plain),
+            tls: kept(inside),
+        },
+        ..config(tls)
+    }
+}
+
+const PLAIN_EARLY: &[&str] = &["PIPELINING", "PIPECONNECT", "SIZE 10000"];
+
+#[test]
+fn early_pipelining_sends_the_first_message_before_the_banner() {
+    let make = || {
+        Driver::new(
+            early_config(TlsWanted::Never, PLAIN_EARLY, &[]),
+            vec![to_bob()],
+        )
+    };
+    // Before the server has said anything:
+    let mut before = make();
+    before.drive();
+    assert_eq!(
+        String::from_utf8_lossy(&before.wire),
+        wire(&[
+            "EHLO client.example",
+            "MAIL FROM:<alice@example.net> SIZE=22",
+            "RCPT TO:<bob@example.org>",
+            "DATA",
+        ])
+    );
+    let reply = ehlo(PLAIN_EARLY);
+    let result = assert_split_invariant(
+        &make,
+        &[
+            &[BANNER, &reply, MAIL_OK, RCPT_OK, GO_AHEAD].concat(),
+            QUEUED,
+            BYE,
+        ],
+    );
+    assert!(
+        result.wire.ends_with(&wire(&["hello", ".", "QUIT"])),
+        "{}",
+        result.wire
+    );
+    assert_eq!(
+        result.events,
+        [
+            "#0 bob@example.org delivered: 250 2.0.0 Ok: queued as 4711",
+            "closed: QUIT"
+        ]
+    );
+    let mut driver = make();
+    driver.drive();
+    for piece in [BANNER, &reply] {
+        driver.feed(piece);
+    }
+    assert!(driver.client.early_pipelining());
+    let (tls, seen) = driver.client.take_ehlo_seen().unwrap();
+    assert!(!tls && seen.raw == reply);
+}
+
+#[test]
+fn early_pipelining_holds_bdat_content_until_the_ehlo_reply_matched() {
+    let keywords = ["PIPELINING", "PIPECONNECT", "CHUNKING"];
+    let make = || {
+        Driver::new(
+            early_config(TlsWanted::Never, &keywords, &[]),
+            vec![to_bob()],
+        )
+    };
+    let mut before = make();
+    before.drive();
+    assert_eq!(
+        String::from_utf8_lossy(&before.wire),
+        wire(&[
+            "EHLO client.example",
+            "MAIL FROM:<alice@example.net>",
+            "RCPT TO:<bob@example.org>",
+        ]),
+        "no content before the server's EHLO reply"
+    );
+    let result = assert_split_invariant(
+        &make,
+        &[BANNER, &ehlo(&keywords), MAIL_OK, RCPT_OK, QUEUED, BYE],
+    );
+    assert!(
+        result
+            .wire
+            .contains("RCPT TO:<bob@example.org>\r\nBDAT 22 LAST\r\nSubject: hi"),
+        "{}",
+        result.wire
+    );
+    assert_eq!(
+        result.events[0],
+        "#0 bob@example.org delivered: 250 2.0.0 Ok: queued as 4711"
+    );
+}
+
+#[test]
+fn early_pipelining_over_starttls_sends_ehlo_and_starttls_then_one_write_inside() {
+    let plain = ["PIPELINING", "PIPECONNECT", "STARTTLS"];
+    let inside = ["PIPELINING", "PIPECONNECT", "SIZE 10000"];
+    let make = || {
+        Driver::new(
+            early_config(TlsWanted::IfOffered, &plain, &inside),
+            vec![to_bob()],
+        )
+    };
+    let mut before = make();
+    before.drive();
+    assert_eq!(
+        String::from_utf8_lossy(&before.wire),
+        wire(&["EHLO client.example", "STARTTLS"])
+    );
+    let result = assert_split_invariant(
+        &make,
+        &[
+            &[BANNER, &ehlo(&plain), b"220 2.0.0 go\r\n"].concat(),
+            &[&ehlo(&inside), MAIL_OK, RCPT_OK, GO_AHEAD].concat(),
+            QUEUED,
+            BYE,
+        ],
+    );
+    assert_eq!(
+        result.wire,
+        wire(&[
+            "EHLO client.example",
+            "STARTTLS",
+            "EHLO client.example",
+            "MAIL FROM:<alice@example.net> SIZE=22",
+            "RCPT TO:<bob@example.org>",
+            "DATA",
+            "Subject: hi",
+            "",
+            "hello",
+            ".",
+            "QUIT",
+        ])
+    );
+    assert_eq!(result.events[0], "starttls");
+    assert_eq!(
+        result.events[1],
+        "#0 bob@example.org delivered: 250 2.0.0 Ok: queued as 4711"
+    );
+    // What came inside TLS right after the handshake, in one write:
+    let mut driver = make();
+    driver.drive();
+    driver.feed(&[BANNER, &ehlo(&plain), b"220 2.0.0 go\r\n"].concat());
+    assert!(
+        String::from_utf8_lossy(&driver.wire).ends_with(&wire(&[
+            "STARTTLS",
+            "EHLO client.example",
+            "MAIL FROM:<alice@example.net> SIZE=22",
+            "RCPT TO:<bob@example.org>",
+            "DATA",
+        ])),
+        "{}",
+        String::from_utf8_lossy(&driver.wire)
+    );
+}
+
+#[test]
+fn early_pipelining_on_implicit_tls_sends_the_message_with_the_ehlo() {
+    let inside = ["PIPELINING", "PIPECONNECT"];
+    let mut driver = Driver::new(
+        ClientConfig {
+            implicit_tls: true,
+            ..early_config(TlsWanted::Required, &[], &inside)
+        },
+        vec![to_bob()],
+    );
+    driver.drive();
+    assert_eq!(
+        String::from_utf8_lossy(&driver.wire),
+        wire(&[
+            "EHLO client.example",
+            "MAIL FROM:<alice@example.net>",
+            "RCPT TO:<bob@example.org>",
+            "DATA",
+        ])
+    );
+}
+
+#[test]
+fn a_kept_response_without_pipeconnect_means_the_ordinary_way() {
+    for keywords in [&["PIPELINING"][..], &["PIPECONNECT"]] {
+        let mut driver = Driver::new(
+            early_config(TlsWanted::Never, keywords, &[]),
+            vec![to_bob()],
+        );
+        driver.drive();
+        assert!(
+            driver.wire.is_empty(),
+            "{keywords:?}: nothing before the banner"
+        );
+        assert!(!driver.client.early_pipelining());
+    }
+    // Under `encrypt` a kept response without STARTTLS is not used.
+    let mut driver = Driver::new(
+        early_config(TlsWanted::Required, PLAIN_EARLY, &[]),
+        vec![to_bob()],
+    );
+    driver.drive();
+    assert!(driver.wire.is_empty());
+}
+
+#[test]
+fn surprises_fail_the_connection_and_defer_the_message_unsent() {
+    let changed = ehlo(&["PIPELINING", "SIZE 10000"]);
+    let refused = b"550 go away\r\n".to_vec();
+    let busy = b"421 busy\r\n".to_vec();
+    for (script, why) in [
+        (vec![b"554 no\r\n".as_slice()], "banner 554 no"),
+        (vec![&busy[..]], "banner 421 busy"),
+        (vec![BANNER, &changed], "the EHLO response changed"),
+        (vec![BANNER, &refused], "EHLO refused: 550 go away"),
+    ] {
+        let result = Driver::new(
+            early_config(TlsWanted::Never, PLAIN_EARLY, &[]),
+            vec![to_bob()],
+        )
+        .run(&script);
+        let failure = format!("early pipelining: {why}");
+        assert_eq!(
+            result.events,
+            [
+                format!("#0 bob@example.org deferred: {failure}"),
+                format!("closed: {failure}")
+            ],
+        );
+        assert!(!result.wire.contains("QUIT"), "{}", result.wire);
+    }
+    // Inside TLS too.
+    let plain = ["PIPELINING", "PIPECONNECT", "STARTTLS"];
+    let inside = ["PIPELINING", "PIPECONNECT"];
+    let result = Driver::new(
+        early_config(TlsWanted::IfOffered, &plain, &inside),
+        vec![to_bob()],
+    )
+    .run(&[BANNER, &ehlo(&plain), b"220 go\r\n", &ehlo(&["PIPELINING"])]);
+    assert_eq!(
+        result.events.last().unwrap(),
+        "closed: early pipelining: the EHLO response changed"
+    );
+    // Plaintext behind the 220 to an early STARTTLS is an injection.
+    let result = Driver::new(
+        early_config(TlsWanted::IfOffered, &plain, &inside),
+        vec![to_bob()],
+    )
+    .run(&[&[BANNER, &ehlo(&plain), b"220 go\r\n250 fake\r\n"].concat()]);
+    assert_eq!(
+        result.events,
+        ["closed: protocol error: plaintext after the reply to STARTTLS (response injection)"]
     );
 }

@@ -271,6 +271,8 @@ impl Client {
     /// if it is finished.
     pub(super) fn pump(&mut self) {
         let pipelining = self.pipelining();
+        // Pipelining early, content waits for the EHLO reply (see Early).
+        let hold_content = self.early_expected.is_some();
         while let Some(txn) = self.txn.as_mut() {
             if !pipelining && !self.expect.is_empty() {
                 break;
@@ -301,6 +303,7 @@ impl Client {
                         None => txn.cursor = Cursor::Body,
                     }
                 }
+                Cursor::Body if hold_content && !txn.data => break,
                 Cursor::Body => {
                     txn.cursor = Cursor::Sent;
                     if !txn.viable() {
