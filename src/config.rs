@@ -296,7 +296,7 @@ fn options() -> Options {
     o.optopt(
         "",
         "client-cache",
-        "SQLite cache of outbound TLS sessions, or none (default STATE_DIR/client-cache.sqlite)",
+        "SQLite cache of outbound TLS sessions and EHLO responses, or none (default STATE_DIR/client-cache.sqlite)",
         "FILE",
     );
     o.optopt(
