@@ -130,6 +130,9 @@ pub struct Connection {
     pub plaintext: bool,
     pub deadline: Instant,
     connected: bool,
+    /// Fast Open deferred the connect to the first write: the socket is
+    /// writable at once and has no peer yet.
+    deferred: bool,
     client: Client,
     tls: Tls,
     resumption: Option<Resumption>,
@@ -152,7 +155,6 @@ impl Connection {
         early: Early,
         now: Instant,
     ) -> io::Result<Connection> {
-        let socket = TcpStream::connect(address.addr)?;
         let tls = if plaintext || key.tls.level == TlsLevel::None {
             TlsWanted::Never
         } else if key.tls.level == TlsLevel::May {
@@ -166,6 +168,18 @@ impl Connection {
             implicit_tls: key.hop.implicit_tls(),
             early: early.clone(),
         });
+        // We speak first (early pipelining, or a ClientHello): our first
+        // bytes may ride in the SYN. Never otherwise: with Fast Open the
+        // kernel sends no SYN until the first write, and a server that
+        // speaks first would wait for it forever.
+        let (socket, deferred) = if client.early_pipelining() || key.hop.implicit_tls() {
+            connect_fast_open(address.addr)?
+        } else {
+            (TcpStream::connect(address.addr)?, false)
+        };
+        // Commands go out as they are written, not behind the previous
+        // segment's ACK.
+        socket.set_nodelay(true)?;
         Ok(Connection {
             socket,
             key,
@@ -174,6 +188,7 @@ impl Connection {
             plaintext,
             deadline: now + CONNECT_TIMEOUT,
             connected: false,
+            deferred,
             client,
             tls: Tls::Off,
             resumption: None,
@@ -203,7 +218,9 @@ impl Connection {
                 return;
             }
             match self.socket.take_error() {
-                Ok(None) if self.socket.peer_addr().is_ok() => self.on_connected(ctx, now),
+                Ok(None) if self.deferred || self.socket.peer_addr().is_ok() => {
+                    self.on_connected(ctx, now)
+                }
                 Ok(None) => return,
                 Ok(Some(e)) | Err(e) => return self.abort(format!("connect: {e}"), false),
             }
@@ -766,6 +783,31 @@ fn store_session(
     }
 }
 
+/// A non-blocking connect with TCP_FASTOPEN_CONNECT (RFC 7413): where
+/// the kernel holds a cookie for the server (`net.ipv4.tcp_fastopen` has
+/// the client bit, 1, by default), the SYN waits for the first write and
+/// carries it; otherwise the connect goes as usual and fetches a cookie.
+/// A kernel without the option connects as usual. True with the stream
+/// when the connect was deferred.
+fn connect_fast_open(addr: std::net::SocketAddr) -> io::Result<(TcpStream, bool)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    if let Err(e) = nix::sys::socket::setsockopt(
+        &socket,
+        nix::sys::socket::sockopt::TcpFastOpenConnect,
+        &true,
+    ) {
+        log::debug!("TCP_FASTOPEN_CONNECT: {e}");
+    }
+    let deferred = match socket.connect(&addr.into()) {
+        Ok(()) => true,
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => false,
+        Err(e) => return Err(e),
+    };
+    Ok((TcpStream::from_std(socket.into()), deferred))
+}
+
 /// Writes as much as the socket takes.
 fn write_some(socket: &mut TcpStream, bytes: &[u8]) -> io::Result<usize> {
     let mut written = 0;
@@ -774,6 +816,8 @@ fn write_some(socket: &mut TcpStream, bytes: &[u8]) -> io::Result<usize> {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            // Fast Open: the handshake is under way and took none of it.
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
