@@ -107,7 +107,8 @@ struct Resumption {
     issued: bool,
     /// Until when this session counts as stapled, for the tickets it gets.
     ocsp_until: Option<i64>,
-    /// For the log: `verified`, `cached` (resumed) or `none`.
+    /// For the log: `verified`, `cached` (resumed), `invalid` (a staple
+    /// that did not verify) or `none`.
     ocsp: &'static str,
 }
 
@@ -601,9 +602,10 @@ impl Connection {
             checked
         };
         r.ocsp = match (stapled, n.resumed) {
-            (false, _) => "none",
             (true, false) => "verified",
             (true, true) => "cached",
+            (false, false) if session.stapled() => "invalid",
+            (false, _) => "none",
         };
         // Under TLS 1.2 the session is complete now, whether or not a
         // ticket came with it; TLS 1.3 tickets arrive later (decrypt).

@@ -137,10 +137,8 @@ impl ClientSession {
         unsafe { ffi::gnutls_ocsp_status_request_is_checked(self.ep.raw, 0) != 0 }
     }
 
-    /// The nextUpdate of the staple the server sent, unchecked: ask
-    /// [`ClientSession::ocsp_checked`] first. None without a staple, or
-    /// one without nextUpdate.
-    pub fn staple_next_update(&self) -> Option<i64> {
+    /// The DER of the OCSP response the server stapled, unchecked.
+    fn staple(&self) -> Option<&[u8]> {
         let mut d = ffi::gnutls_datum_t {
             data: std::ptr::null_mut(),
             size: 0,
@@ -151,9 +149,21 @@ impl ClientSession {
         if rc < 0 || d.data.is_null() {
             return None;
         }
-        // SAFETY: GnuTLS filled d.size bytes at d.data.
-        let der = unsafe { std::slice::from_raw_parts(d.data, d.size as usize) };
-        super::ocsp::inspect(der).ok()?.next_update
+        // SAFETY: GnuTLS filled d.size bytes at d.data, owned by the
+        // session, which outlives the borrow of self.
+        Some(unsafe { std::slice::from_raw_parts(d.data, d.size as usize) })
+    }
+
+    /// The server stapled a response (valid or not).
+    pub fn stapled(&self) -> bool {
+        self.staple().is_some()
+    }
+
+    /// The nextUpdate of the staple the server sent, unchecked: ask
+    /// [`ClientSession::ocsp_checked`] first. None without a staple, or
+    /// one without nextUpdate.
+    pub fn staple_next_update(&self) -> Option<i64> {
+        super::ocsp::inspect(self.staple()?).ok()?.next_update
     }
 
     /// Why verification failed, in GnuTLS's words, after a handshake
