@@ -8,36 +8,9 @@ mod common;
 
 use common::*;
 
-fn tcp_ext(name: &str) -> u64 {
-    let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap();
-    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
-    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
-    let i = names
-        .split_whitespace()
-        .position(|n| n == name)
-        .unwrap_or_else(|| panic!("no TcpExt {name}"));
-    values.split_whitespace().nth(i).unwrap().parse().unwrap()
-}
-
 #[test]
 fn early_commands_ride_in_the_syn() {
-    // Client (1) and server (2) bits of net.ipv4.tcp_fastopen, put back
-    // afterwards.
-    let sysctl = "/proc/sys/net/ipv4/tcp_fastopen";
-    let old: u32 = std::fs::read_to_string(sysctl)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    std::fs::write(sysctl, (old | 3).to_string()).unwrap();
-    struct Restore(&'static str, u32);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let _ = std::fs::write(self.0, self.1.to_string());
-        }
-    }
-    let _restore = Restore(sysctl, old);
-
+    let _fast_open = fast_open_on();
     let next_hop = receiver(&[]);
     let hop = format!("[127.0.0.1]:{}", next_hop.port());
     let sender = sender_with(None, &route(&hop));

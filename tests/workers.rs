@@ -385,35 +385,12 @@ fn workers_draw_independent_randomness() {
 #[test]
 fn tcp_fast_open_data_in_the_syn_is_answered() {
     // The server bit (2) of net.ipv4.tcp_fastopen lets the kernel accept
-    // data in a SYN; the client bit (1) lets us send it. Set both for this
-    // test and put the old value back.
-    let sysctl = "/proc/sys/net/ipv4/tcp_fastopen";
-    let old: u32 = std::fs::read_to_string(sysctl)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    std::fs::write(sysctl, (old | 3).to_string()).unwrap();
-    struct Restore(&'static str, u32);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let _ = std::fs::write(self.0, self.1.to_string());
-        }
-    }
-    let _restore = Restore(sysctl, old);
+    // data in a SYN; the client bit (1) lets us send it.
+    let _fast_open = fast_open_on();
 
     let server = with_workers(2, &[]);
     let addr = server.plain[0];
-    let passive = || -> u64 {
-        let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap();
-        let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
-        let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
-        let i = names
-            .split_whitespace()
-            .position(|n| n == "TCPFastOpenPassive")
-            .unwrap();
-        values.split_whitespace().nth(i).unwrap().parse().unwrap()
-    };
+    let passive = || tcp_ext("TCPFastOpenPassive");
     let fast_open = |data: &[u8]| -> String {
         let sock =
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();

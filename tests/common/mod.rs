@@ -695,3 +695,34 @@ pub fn stored_body(file: &[u8]) -> (String, String) {
     }
     (header, rest.concat())
 }
+
+/// Turns on the client (1) and server (2) bits of net.ipv4.tcp_fastopen
+/// until the value returned is dropped, which puts the old value back.
+pub fn fast_open_on() -> impl Drop {
+    const SYSCTL: &str = "/proc/sys/net/ipv4/tcp_fastopen";
+    struct Restore(u32);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::write(SYSCTL, self.0.to_string());
+        }
+    }
+    let old: u32 = std::fs::read_to_string(SYSCTL)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    std::fs::write(SYSCTL, (old | 3).to_string()).unwrap();
+    Restore(old)
+}
+
+/// A counter of the kernel's TcpExt statistics (/proc/net/netstat).
+pub fn tcp_ext(name: &str) -> u64 {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap();
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    let i = names
+        .split_whitespace()
+        .position(|n| n == name)
+        .unwrap_or_else(|| panic!("no TcpExt {name}"));
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
