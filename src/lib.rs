@@ -35,6 +35,7 @@ pub mod store;
 pub mod supervisor;
 pub mod ticket_key_file;
 pub mod tls;
+pub mod wal;
 
 #[cfg(test)]
 mod test_support;

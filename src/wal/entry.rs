@@ -1,0 +1,139 @@
+//! Payloads: what a record says.
+//!
+//! ```text
+//! message:    1u8 | files u16 | per file: path length u16, path, content length u32, content
+//! checkpoint: 2u8 | upto u64
+//! ```
+//!
+//! little-endian. A message's files are everything its group commit
+//! linked: a Maildir file in each of its mailboxes and its queue file,
+//! each with its own content, so that replay is a plain loop.
+
+use std::fmt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::PathBuf;
+
+const MESSAGE: u8 = 1;
+const CHECKPOINT: u8 = 2;
+
+/// One file of a logged message: where it is linked, and its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoggedFile {
+    pub path: PathBuf,
+    pub content: Vec<u8>,
+}
+
+/// A message as the log holds it: every file its commit made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoggedMessage {
+    pub files: Vec<LoggedFile>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    Message(LoggedMessage),
+    /// Every message up to this sequence number is durable in its files.
+    Checkpoint {
+        upto: u64,
+    },
+}
+
+/// A whole, checksummed record whose payload makes no sense: written by
+/// something else, or a bug. Never silently skipped.
+#[derive(Debug, PartialEq, Eq)]
+pub struct EntryError(pub String);
+
+impl fmt::Display for EntryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Entry {
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), EntryError> {
+        match self {
+            Entry::Checkpoint { upto } => {
+                out.push(CHECKPOINT);
+                out.extend_from_slice(&upto.to_le_bytes());
+            }
+            Entry::Message(message) => {
+                out.push(MESSAGE);
+                let files = u16::try_from(message.files.len())
+                    .map_err(|_| EntryError("too many files in one message".into()))?;
+                out.extend_from_slice(&files.to_le_bytes());
+                for file in &message.files {
+                    let path = file.path.as_os_str().as_bytes();
+                    let path_len = u16::try_from(path.len())
+                        .map_err(|_| EntryError("path too long".into()))?;
+                    let content_len = u32::try_from(file.content.len())
+                        .map_err(|_| EntryError("file too large".into()))?;
+                    out.extend_from_slice(&path_len.to_le_bytes());
+                    out.extend_from_slice(path);
+                    out.extend_from_slice(&content_len.to_le_bytes());
+                    out.extend_from_slice(&file.content);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<Entry, EntryError> {
+        let mut r = Reader(payload);
+        let entry = match r.u8()? {
+            CHECKPOINT => Entry::Checkpoint { upto: r.u64()? },
+            MESSAGE => {
+                let count = r.u16()?;
+                let mut files = Vec::with_capacity(usize::from(count));
+                for _ in 0..count {
+                    let path_len = usize::from(r.u16()?);
+                    let path =
+                        PathBuf::from(std::ffi::OsString::from_vec(r.take(path_len)?.to_vec()));
+                    let content_len = r.u32()? as usize;
+                    let content = r.take(content_len)?.to_vec();
+                    files.push(LoggedFile { path, content });
+                }
+                Entry::Message(LoggedMessage { files })
+            }
+            other => return Err(EntryError(format!("unknown entry kind {other}"))),
+        };
+        if !r.0.is_empty() {
+            return Err(EntryError(format!("{} bytes after the entry", r.0.len())));
+        }
+        Ok(entry)
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], EntryError> {
+        if self.0.len() < n {
+            return Err(EntryError("entry cut short".into()));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, EntryError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, EntryError> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, EntryError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, EntryError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], EntryError> {
+        self.take(N)?
+            .try_into()
+            .map_err(|_| EntryError("entry cut short".into()))
+    }
+}

@@ -1,0 +1,56 @@
+//! The write-ahead log of part 10 (`--durability log`), sans-I/O: how
+//! records are framed, found again after a crash, and what replay makes of
+//! them. The writer (preallocated segments, one `fdatasync` per group) and
+//! recovery at start drive this from outside.
+//!
+//! A record is
+//!
+//! ```text
+//! magic u32 | length u32 | sequence u64 | crc32c u32 | payload (length bytes)
+//! ```
+//!
+//! little-endian, the CRC-32C over sequence, length and payload. Sequence
+//! numbers go up by one from record to record across the whole log, so a
+//! reader stops at the first thing that is not the next whole record: a
+//! torn write at the end (a short header or payload, a checksum that does
+//! not match), the zeroes of a preallocated segment, or an older record
+//! left in a reused segment (its sequence number is lower). Only whole,
+//! checksummed records in sequence count; nothing after the first gap
+//! does, since a group is acknowledged only once everything before it is
+//! durable.
+//!
+//! A record that a crash cut short can read as whole in a zeroed segment
+//! when the bytes it lacked were zeroes: its content is then exactly what
+//! was written, so it counts, like any record that reached the disk
+//! before its group's 250 went out. Replay restores such a message, and a
+//! client that never saw the 250 sends it again: the duplicate window
+//! every MTA has (RFC 1047), never a lost or partial message.
+//!
+//! Payloads ([`Entry`]): a message (the final paths of its files in `new/`
+//! and in the queue, and their content), or a checkpoint (every message
+//! up to a sequence number is durable in its files, so replay may skip
+//! it).
+
+mod entry;
+mod record;
+
+#[cfg(test)]
+mod tests;
+
+pub use entry::{Entry, EntryError, LoggedFile, LoggedMessage};
+pub use record::{HEADER_LEN, MAGIC, Record, Scan, encode, scan};
+
+/// What replay restores: the messages logged after the last checkpoint
+/// that covers them, in log order, each once.
+pub fn to_restore(records: &[Record]) -> Result<Vec<(u64, LoggedMessage)>, EntryError> {
+    let mut checkpoint = 0;
+    let mut messages = Vec::new();
+    for record in records {
+        match Entry::decode(&record.payload)? {
+            Entry::Checkpoint { upto } => checkpoint = checkpoint.max(upto),
+            Entry::Message(message) => messages.push((record.sequence, message)),
+        }
+    }
+    messages.retain(|(sequence, _)| *sequence > checkpoint);
+    Ok(messages)
+}
