@@ -12,3 +12,8 @@ pub fn since_epoch() -> Duration {
 pub fn unix_secs() -> u64 {
     since_epoch().as_secs()
 }
+
+/// Unix seconds as SQLite keeps them.
+pub fn unix_now() -> i64 {
+    i64::try_from(unix_secs()).unwrap_or(i64::MAX)
+}

@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 
 use super::destination::{Address, Job, Key};
+use super::resumption::Resumption;
 use super::schedule::Schedule;
-use crate::client_cache::{self, ClientCache, KeyParts, NewSession, SessionKey};
+use crate::client_cache::{ClientCache, KeyParts};
+use crate::clock::unix_now;
 use crate::queue::QueueDir;
 use crate::routing::TlsLevel;
 use crate::smtp_client::{
@@ -94,22 +96,6 @@ enum Tls {
     Off,
     Handshaking(Box<ClientSession>),
     On(Box<ClientSession>),
-}
-
-/// The session cache's side of this connection's TLS.
-struct Resumption {
-    key: SessionKey,
-    /// A cached session was offered; with the nextUpdate of its staple.
-    offered: Option<Option<i64>>,
-    /// Tickets were asked for (the cache is on).
-    requested: bool,
-    /// The server issued a ticket (or, under TLS 1.2, a session to cache).
-    issued: bool,
-    /// Until when this session counts as stapled, for the tickets it gets.
-    ocsp_until: Option<i64>,
-    /// For the log: `verified`, `cached` (resumed), `invalid` (a staple
-    /// that did not verify) or `none`.
-    ocsp: &'static str,
 }
 
 /// The message being sent.
@@ -307,11 +293,8 @@ impl Connection {
         };
         let mut plain = Vec::new();
         let status = session.read(&mut plain);
-        if let Some(lifetime) = session.take_ticket_received()
-            && let Some(r) = self.resumption.as_mut()
-        {
-            r.issued = true;
-            store_session(ctx.cache, r, session, lifetime, true);
+        if let Some(r) = self.resumption.as_mut() {
+            r.after_read(session, ctx.cache);
         }
         match status {
             Ok(ReadStatus::Open) => self.client.receive(&plain),
@@ -492,7 +475,7 @@ impl Connection {
             self.key.tls.level,
             if self.key.tls.ocsp { "+ocsp" } else { "" }
         );
-        let key = SessionKey::new(&KeyParts {
+        let parts = KeyParts {
             host,
             addr: self.address.addr,
             sni: is_name.then_some(host),
@@ -500,9 +483,9 @@ impl Connection {
             policy: &policy,
             priority: &ctx.tls.priority_text,
             trust: &ctx.tls.trust,
-        });
-        let cached = ctx.cache.take(&key, unix_now(), self.key.tls.ocsp);
-        let setup = ClientSetup {
+        };
+        let (resumption, cached) = Resumption::begin(ctx.cache, &parts, self.key.tls.ocsp);
+        let session = ClientSession::new(ClientSetup {
             credentials: &ctx.tls.credentials,
             priority: &ctx.tls.priority,
             server_name: is_name.then_some(host),
@@ -510,17 +493,8 @@ impl Connection {
             ocsp: true,
             resume: cached.as_ref().map(|c| c.data.as_slice()),
             tickets: ctx.cache.is_on(),
-        };
-        let offered = cached.as_ref().map(|c| c.ocsp_until);
-        let session = ClientSession::new(setup);
-        self.resumption = Some(Resumption {
-            key,
-            offered,
-            requested: ctx.cache.is_on(),
-            issued: false,
-            ocsp_until: None,
-            ocsp: "none",
         });
+        self.resumption = Some(resumption);
         match session {
             Ok(session) => {
                 self.tls = Tls::Handshaking(Box::new(session));
@@ -549,7 +523,10 @@ impl Connection {
                 let Tls::Handshaking(mut session) = mem::replace(&mut self.tls, Tls::Off) else {
                     return;
                 };
-                let stapled = self.settle_session(&mut session, ctx);
+                let stapled = self
+                    .resumption
+                    .as_mut()
+                    .is_some_and(|r| r.settle(&mut session, ctx.cache));
                 self.tls = Tls::On(session);
                 if self.key.tls.ocsp && !stapled {
                     return self.abort(
@@ -574,48 +551,6 @@ impl Connection {
                 self.abort(why, true);
             }
         }
-    }
-
-    /// After the handshake: the OCSP verdict (a resumed session's from the
-    /// cached one it resumed), stale cached sessions dropped, and a TLS
-    /// 1.2 session cached. True when a valid staple stands behind it.
-    fn settle_session(&mut self, session: &mut ClientSession, ctx: &mut Ctx<'_>) -> bool {
-        let Some(r) = self.resumption.as_mut() else {
-            return false;
-        };
-        let n = session.negotiated();
-        let now = unix_now();
-        let stapled = if n.resumed {
-            r.ocsp_until = r.offered.flatten();
-            r.ocsp_until.is_some_and(|until| until > now)
-        } else {
-            if r.offered.is_some() {
-                // Not resumed: the server's keys changed, or it forgot.
-                ctx.cache.forget(&r.key);
-            }
-            let checked = session.ocsp_checked();
-            r.ocsp_until = if checked {
-                session.staple_next_update()
-            } else {
-                None
-            };
-            checked
-        };
-        r.ocsp = match (stapled, n.resumed) {
-            (true, false) => "verified",
-            (true, true) => "cached",
-            (false, false) if session.stapled() => "invalid",
-            (false, _) => "none",
-        };
-        // Under TLS 1.2 the session is complete now, whether or not a
-        // ticket came with it; TLS 1.3 tickets arrive later (decrypt).
-        let ticket = session.take_ticket_received();
-        r.issued |= ticket.is_some();
-        let tls12 = n.version != "TLS1.3";
-        if tls12 && (ticket.is_some() || !n.resumed) {
-            store_session(ctx.cache, r, session, ticket.unwrap_or(0), false);
-        }
-        stapled
     }
 
     /// `TLS1.3:TLS_AES_256_GCM_SHA384:256` (with `*` when resumed).
@@ -716,26 +651,18 @@ impl Connection {
 }
 
 impl Connection {
-    /// One line per TLS session as it ends: its OCSP verdict and the five
-    /// bits of Exim's `$tls_out_resumption` (the ticket of a TLS 1.3
-    /// session comes after the handshake, so only now are all known).
+    /// One line per TLS session as it ends (the ticket of a TLS 1.3
+    /// session comes after the handshake, so only now is all known).
     fn log_tls(&self) {
         let (Some(x), Some(r)) = (self.tls_field(), &self.resumption) else {
             return;
         };
-        let bits = crate::logging::resumption_bits([
-            r.requested,
-            r.requested,
-            r.offered.is_some(),
-            r.issued,
-            x.ends_with('*'),
-        ]);
         log::info!(
-            "TLS session with {} [{}]:{} X={x} OCSP={} resumption {bits}",
+            "TLS session with {} [{}]:{} X={x} {}",
             self.address.host,
             self.address.addr.ip(),
             self.address.addr.port(),
-            r.ocsp
+            r.describe(x.ends_with('*'))
         );
     }
 }
@@ -746,43 +673,6 @@ fn is_early_surprise(outcome: &Outcome) -> bool {
         outcome,
         Outcome::Deferred(Failure::Connection(ConnectionError::EarlyPipelining(_)))
     )
-}
-
-fn unix_now() -> i64 {
-    i64::try_from(crate::clock::unix_secs()).unwrap_or(i64::MAX)
-}
-
-/// Caches what resumes `session` later: a TLS 1.3 ticket (used once), or
-/// a TLS 1.2 session. `lifetime` is the ticket's (0: none given).
-fn store_session(
-    cache: &mut ClientCache,
-    r: &Resumption,
-    session: &ClientSession,
-    lifetime: u32,
-    once: bool,
-) {
-    if !cache.is_on() {
-        return;
-    }
-    let lifetime = match u64::from(lifetime) {
-        // RFC 8446 4.6.1: a TLS 1.3 ticket with lifetime 0 is not to be
-        // cached.
-        0 if once => return,
-        0 => client_cache::TLS12_DEFAULT_LIFETIME,
-        l => l.min(client_cache::MAX_LIFETIME),
-    };
-    match session.session_data() {
-        Ok(data) => cache.store(
-            &r.key,
-            &NewSession {
-                data,
-                expires: unix_now().saturating_add(lifetime as i64),
-                ocsp_until: r.ocsp_until,
-                once,
-            },
-        ),
-        Err(e) => log::debug!("no session data to cache: {e}"),
-    }
 }
 
 /// A non-blocking connect with TCP_FASTOPEN_CONNECT (RFC 7413): where

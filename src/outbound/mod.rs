@@ -19,6 +19,7 @@
 mod connection;
 mod destination;
 mod results;
+mod resumption;
 mod schedule;
 
 use std::collections::HashMap;
@@ -31,7 +32,7 @@ use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
 
 use crate::client_cache::{self, ClientCache};
-use crate::clock::unix_secs;
+use crate::clock::{unix_now, unix_secs};
 use crate::config::Config;
 use crate::control::{Channel, ToChild, ToSupervisor};
 use crate::dns::Resolver;
@@ -117,7 +118,7 @@ impl Outbound {
         };
         let s = &config.sending;
         let cache = match &s.client_cache {
-            Some(path) => ClientCache::open(path, unix_secs() as i64),
+            Some(path) => ClientCache::open(path, unix_now()),
             None => ClientCache::off(),
         };
         Ok(Outbound {
@@ -194,7 +195,7 @@ impl Outbound {
         if self.rescan_at <= now {
             self.rescan_at = now + RESCAN;
             self.read_queue();
-            self.cache.purge(unix_secs() as i64);
+            self.cache.purge(unix_now());
         }
         for id in self.results.take_queued() {
             self.add_queued(&id);
@@ -582,7 +583,7 @@ impl Outbound {
     /// What `addr` said to EHLO on earlier connections, for early
     /// pipelining.
     fn kept_ehlo(&mut self, addr: std::net::SocketAddr) -> Early {
-        let now = unix_secs() as i64;
+        let now = unix_now();
         let mut kept = |tls| {
             self.cache
                 .ehlo(addr, tls, now)
