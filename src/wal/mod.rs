@@ -1,7 +1,7 @@
-//! The write-ahead log of part 10 (`--durability log`), sans-I/O: how
-//! records are framed, found again after a crash, and what replay makes of
-//! them. The writer (preallocated segments, one `fdatasync` per group) and
-//! recovery at start drive this from outside.
+//! The write-ahead log of part 10 (`--durability log`): how records are
+//! framed, found again after a crash, and what replay makes of them
+//! (sans-I/O), and the segment files they live in ([`Log`]: preallocated,
+//! reused, one `fdatasync` per group). Not wired into group commit yet.
 //!
 //! A record is
 //!
@@ -33,12 +33,14 @@
 
 mod entry;
 mod record;
+mod segments;
 
 #[cfg(test)]
 mod tests;
 
 pub use entry::{Entry, EntryError, LoggedFile, LoggedMessage};
 pub use record::{HEADER_LEN, MAGIC, Record, Scan, encode, scan};
+pub use segments::Log;
 
 /// What replay restores: the messages logged after the last checkpoint
 /// that covers them, in log order, each once.

@@ -1,0 +1,229 @@
+//! The log on disk: a directory of segment files, written in place.
+//!
+//! - `wal-ID` (ID in hex, increasing) holds records; the newest is the one
+//!   written. A new segment is written full of zeroes and synced once when
+//!   it is made, so later commits only overwrite blocks that already
+//!   exist: one `fdatasync` per group, with no metadata to commit (an
+//!   `fallocate`d file would have unwritten extents, whose conversion is
+//!   a journal commit each time).
+//! - A segment whose records a checkpoint covers, all of them, is renamed
+//!   `spare-ID` and reused when the current one is full. Its old records
+//!   stay until overwritten; a scan stops at them, since their sequence
+//!   numbers are lower. A spare's rename into `wal-ID` is made durable
+//!   (the directory synced) before any record goes into it.
+//!
+//! Opening reads every segment, oldest first, and returns the records of
+//! the log as one run in sequence; writing goes on after the last one.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use super::record::{self, Record};
+
+const PREFIX: &str = "wal-";
+const SPARE: &str = "spare-";
+
+struct Segment {
+    id: u64,
+    file: File,
+    /// Bytes of records in it (where the next record goes).
+    len: u64,
+    /// The file's size (preallocated).
+    size: u64,
+    /// The sequence number of its last record (0: none yet).
+    last: u64,
+}
+
+pub struct Log {
+    dir: PathBuf,
+    segment_size: u64,
+    /// Oldest first; the last one is written.
+    segments: VecDeque<Segment>,
+    spares: Vec<(u64, PathBuf)>,
+    next_id: u64,
+    next_sequence: u64,
+    /// Records appended since the last commit.
+    pending: Vec<u8>,
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`: the log and its records, in
+    /// sequence, for replay.
+    pub fn open(dir: &Path, segment_size: u64) -> io::Result<(Log, Vec<Record>)> {
+        fs::create_dir_all(dir)?;
+        let mut ids = Vec::new();
+        let mut spares = Vec::new();
+        let mut next_id = 1;
+        for entry in fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            let parse = |hex: &str| u64::from_str_radix(hex, 16).ok();
+            if let Some(id) = name.strip_prefix(PREFIX).and_then(parse) {
+                ids.push(id);
+                next_id = next_id.max(id + 1);
+            } else if let Some(id) = name.strip_prefix(SPARE).and_then(parse) {
+                spares.push((id, dir.join(&*name)));
+                next_id = next_id.max(id + 1);
+            }
+        }
+        ids.sort_unstable();
+        let mut segments = VecDeque::new();
+        let mut records: Vec<Record> = Vec::new();
+        for id in ids {
+            let path = dir.join(format!("{PREFIX}{id:016x}"));
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            let bytes = fs::read(&path)?;
+            // Each segment goes on from the one before.
+            let first = records.last().map(|r| r.sequence + 1);
+            let scan = record::scan(&bytes, first);
+            let last = scan.records.last().map_or(0, |r| r.sequence);
+            records.extend(scan.records);
+            segments.push_back(Segment {
+                id,
+                file,
+                len: scan.end as u64,
+                size: bytes.len() as u64,
+                last,
+            });
+        }
+        let next_sequence = records.last().map_or(1, |r| r.sequence + 1);
+        let mut log = Log {
+            dir: dir.to_path_buf(),
+            segment_size,
+            segments,
+            spares,
+            next_id,
+            next_sequence,
+            pending: Vec::new(),
+        };
+        if log.segments.is_empty() {
+            log.add_segment(0)?;
+        }
+        Ok((log, records))
+    }
+
+    /// Queues a record; it is durable once [`Log::commit`] returned.
+    /// Returns its sequence number.
+    pub fn append(&mut self, payload: &[u8]) -> u64 {
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        record::encode(sequence, payload, &mut self.pending);
+        sequence
+    }
+
+    /// Writes the queued records and makes them durable: one write and one
+    /// `fdatasync`, or two of each when the current segment fills up.
+    pub fn commit(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let needed = self.pending.len() as u64;
+        let fits = self
+            .segments
+            .back()
+            .is_some_and(|s| s.len + needed <= s.size);
+        if !fits {
+            self.add_segment(needed)?;
+        }
+        let last = self.next_sequence - 1;
+        let Some(segment) = self.segments.back_mut() else {
+            return Err(io::Error::other("the log has no segment"));
+        };
+        segment.file.write_all_at(&self.pending, segment.len)?;
+        segment.file.sync_data()?;
+        segment.len += needed;
+        segment.last = last;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Every record up to `upto` is durable elsewhere: the segments that
+    /// hold only such records become spares (the current one never does).
+    pub fn release(&mut self, upto: u64) -> io::Result<()> {
+        while self.segments.len() > 1 && self.segments.front().is_some_and(|s| s.last <= upto) {
+            let Some(segment) = self.segments.pop_front() else {
+                break;
+            };
+            let id = self.take_id();
+            let spare = self.dir.join(format!("{SPARE}{id:016x}"));
+            fs::rename(self.segment_path(segment.id), &spare)?;
+            self.spares.push((id, spare));
+        }
+        Ok(())
+    }
+
+    /// Bytes of records the log holds (what a checkpoint would free).
+    pub fn held(&self) -> u64 {
+        self.segments.iter().map(|s| s.len).sum()
+    }
+
+    /// The sequence number the next record gets.
+    pub fn next_sequence(&self) -> u64 {
+        self.next_sequence
+    }
+
+    fn take_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn segment_path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("{PREFIX}{id:016x}"))
+    }
+
+    /// A new current segment with room for `needed` bytes: a spare when
+    /// one is large enough, else a new file written full of zeroes.
+    fn add_segment(&mut self, needed: u64) -> io::Result<()> {
+        let id = self.take_id();
+        let path = self.segment_path(id);
+        let size = self.segment_size.max(needed);
+        let spare = self.spares.pop();
+        let file = match spare {
+            Some((_, spare)) if fs::metadata(&spare)?.len() >= size => {
+                fs::rename(&spare, &path)?;
+                OpenOptions::new().read(true).write(true).open(&path)?
+            }
+            other => {
+                if let Some((_, small)) = other {
+                    fs::remove_file(small)?;
+                }
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)?;
+                zero_fill(&file, size)?;
+                file.sync_all()?;
+                file
+            }
+        };
+        File::open(&self.dir)?.sync_all()?;
+        let size = file.metadata()?.len();
+        self.segments.push_back(Segment {
+            id,
+            file,
+            len: 0,
+            size,
+            last: 0,
+        });
+        Ok(())
+    }
+}
+
+/// Writes `size` zero bytes: real blocks, not an unwritten extent.
+fn zero_fill(file: &File, size: u64) -> io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let zeroes = vec![0u8; CHUNK as usize];
+    let mut at = 0;
+    while at < size {
+        let n = CHUNK.min(size - at);
+        file.write_all_at(&zeroes[..n as usize], at)?;
+        at += n;
+    }
+    Ok(())
+}
