@@ -33,6 +33,7 @@
 
 mod entry;
 mod record;
+mod restore;
 mod segments;
 
 #[cfg(test)]
@@ -40,6 +41,7 @@ mod tests;
 
 pub use entry::{Entry, EntryError, LoggedFile, LoggedMessage};
 pub use record::{HEADER_LEN, MAGIC, Record, Scan, encode, scan};
+pub use restore::{Restored, restore};
 pub use segments::Log;
 
 /// What replay restores: the messages logged after the last checkpoint

@@ -340,3 +340,93 @@ fn a_record_larger_than_a_segment_gets_one_of_its_own() {
     assert_eq!(records.len(), 2);
     assert_eq!(records[1].payload, big);
 }
+
+// ---------------------------------------------------------------- restore
+
+fn maildir(root: &std::path::Path, user: &str) -> PathBuf {
+    let mailbox = root.join("example.org").join(user);
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(mailbox.join(sub)).unwrap();
+    }
+    mailbox
+}
+
+fn logged(path: PathBuf, content: &[u8]) -> LoggedFile {
+    LoggedFile {
+        path,
+        content: content.to_vec(),
+    }
+}
+
+#[test]
+fn restore_puts_back_what_a_power_loss_took_and_nothing_twice() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = TempDir::new("wal-restore");
+    let alice = maildir(tmp.path(), "alice");
+    let bob = maildir(tmp.path(), "bob");
+    let name = |n: u32| format!("1700000000.M{n}P1Q{n}.mx,S=5");
+    let whole = alice.join("new").join(name(1));
+    let short = alice.join("new").join(name(2));
+    let missing = bob.join("new").join(name(3));
+    let moved = bob.join("new").join(name(4));
+    let moved_short = alice.join("new").join(name(5));
+    std::fs::write(&whole, b"one\n\n").unwrap();
+    std::fs::write(&short, b"").unwrap();
+    let moved_to = bob.join("cur").join(format!("{}:2,S", name(4)));
+    std::fs::write(&moved_to, b"four\n").unwrap();
+    let moved_short_to = alice.join("cur").join(format!("{}:2,RS", name(5)));
+    std::fs::write(&moved_short_to, b"fi").unwrap();
+    let inode = std::fs::metadata(&whole).unwrap().ino();
+    let messages = vec![
+        (
+            1,
+            LoggedMessage {
+                files: vec![logged(whole.clone(), b"one\n\n")],
+            },
+        ),
+        (
+            2,
+            LoggedMessage {
+                files: vec![
+                    logged(short.clone(), b"two\n\n"),
+                    logged(missing.clone(), b"two\n\n"),
+                ],
+            },
+        ),
+        (
+            3,
+            LoggedMessage {
+                files: vec![
+                    logged(moved.clone(), b"four\n"),
+                    logged(moved_short.clone(), b"five\n"),
+                ],
+            },
+        ),
+    ];
+    let restored = restore(&messages, "test").unwrap();
+    assert_eq!(restored.intact, 2, "{restored:?}");
+    assert_eq!(
+        restored.rewritten,
+        vec![short.clone(), missing.clone(), moved_short_to.clone()]
+    );
+    assert_eq!(std::fs::read(&short).unwrap(), b"two\n\n");
+    assert_eq!(std::fs::read(&missing).unwrap(), b"two\n\n");
+    assert_eq!(std::fs::read(&moved_short_to).unwrap(), b"five\n");
+    assert!(
+        !moved.exists(),
+        "a message a reader moved is not put back in new/"
+    );
+    assert!(!moved_short.exists());
+    assert_eq!(
+        std::fs::metadata(&whole).unwrap().ino(),
+        inode,
+        "left alone"
+    );
+    for mailbox in [&alice, &bob] {
+        assert_eq!(std::fs::read_dir(mailbox.join("tmp")).unwrap().count(), 0);
+    }
+    // Running it again changes nothing.
+    let again = restore(&messages, "test").unwrap();
+    assert_eq!(again.intact, 5);
+    assert!(again.rewritten.is_empty());
+}
