@@ -5,8 +5,27 @@
 //! within a line.
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// This process's pid for log lines, read once rather than by a getpid
+/// syscall per line (glibc no longer caches it). Set by `init` and, in a
+/// forked child, by `os::fork`; 0 means ask the kernel.
+static PID: AtomicU32 = AtomicU32::new(0);
+
+/// The pid changed (a fork): log lines name this process from now on.
+pub fn set_pid() {
+    PID.store(std::process::id(), Ordering::Relaxed);
+}
+
+fn pid() -> u32 {
+    match PID.load(Ordering::Relaxed) {
+        0 => std::process::id(),
+        pid => pid,
+    }
+}
 
 pub fn init() {
+    set_pid();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         // As a pipe target, with styles "always" passed through: the default
         // format styles every line and then, when stderr is not a terminal,
@@ -21,10 +40,10 @@ pub fn init() {
 
 /// `[2024-01-01T00:00:00Z INFO  target] [4711] message`, continuation
 /// lines of a multi-line message indented by 4, as env_logger's default
-/// format. The pid is read per line: a forked child logs as itself.
+/// format.
 fn line(buf: &mut env_logger::fmt::Formatter, record: &log::Record<'_>) -> io::Result<()> {
     let ts = buf.timestamp_seconds();
-    let pid = std::process::id();
+    let pid = pid();
     match record.target() {
         "" => write!(buf, "[{ts} {:<5}] [{pid}] ", record.level())?,
         target => write!(buf, "[{ts} {:<5} {target}] [{pid}] ", record.level())?,

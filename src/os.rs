@@ -24,7 +24,10 @@ pub fn fork() -> io::Result<Forked> {
     // so no lock or allocator state is held by a thread that the child
     // would lack.
     match unsafe { nix::unistd::fork() }? {
-        ForkResult::Child => Ok(Forked::Child),
+        ForkResult::Child => {
+            crate::logging::set_pid();
+            Ok(Forked::Child)
+        }
         ForkResult::Parent { child } => Ok(Forked::Parent(child)),
     }
 }
