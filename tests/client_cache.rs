@@ -372,3 +372,98 @@ fn a_changed_ehlo_response_costs_early_pipelining_once_and_the_mail_still_goes()
         sender.log()
     );
 }
+
+#[test]
+fn a_kept_next_hop_that_is_down_defers_as_usual_and_loses_nothing() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut next_hop = receiver(&["--listen", &listen]);
+    let state = scratch_dir("early-down");
+    let sender = sender_with(
+        Some(state.clone()),
+        &args(
+            &format!("[127.0.0.1]:{port}"),
+            &["--retry-min", "60", "--retry-max", "60"],
+        ),
+    );
+    deliver_one(&sender, 1);
+    assert!(deliver_one(&sender, 2).contains(" L* "));
+    next_hop.signal("TERM");
+    next_hop.wait_exit(WAIT);
+    // Pipelined early toward nobody: deferred like any refused connection.
+    let id = submit(
+        &sender,
+        "a@client.test",
+        "bob@remote.example",
+        "Subject: 3\n\nx\n",
+    );
+    let log = sender.wait_log(&format!("{id} == bob@remote.example"));
+    assert!(!log.contains(&format!("{id} => ")), "{log}");
+    let next_hop = receiver(&["--listen", &listen]);
+    let flush = std::process::Command::new(env!("CARGO_BIN_EXE_gsmtpd"))
+        .args(["queue", "flush", "--state-dir"])
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(flush.success());
+    sender.wait_log(&format!("{id} Completed"));
+    assert_eq!(next_hop.mailbox_of("remote.example", "bob").len(), 1);
+}
+
+#[test]
+fn a_message_pipelined_early_on_smtps_survives_a_failed_ocsp_check() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let stapled = |extra: &[&str]| {
+        let mut a = vec!["--listen-tls", &listen];
+        a.extend_from_slice(extra);
+        receiver(&a)
+    };
+    let ocsp = pki_file("rsa.ocsp.der");
+    let mut next_hop = stapled(&["--ocsp", &ocsp]);
+    let state = scratch_dir("early-smtps");
+    let ca = pki_file("ca.pem");
+    let sender = sender_with(
+        Some(state.clone()),
+        &args(
+            &format!("smtps:[localhost]:{port}"),
+            &[
+                "--tls-policy",
+                "remote.example=encrypt+ocsp",
+                "--ca-file",
+                &ca,
+                "--retry-min",
+                "60",
+                "--retry-max",
+                "60",
+            ],
+        ),
+    );
+    deliver_one(&sender, 1);
+    assert!(deliver_one(&sender, 2).contains(" L* "));
+    // The same host, now without a staple: the message that went with the
+    // ClientHello's flight is deferred, not lost.
+    next_hop.signal("TERM");
+    next_hop.wait_exit(WAIT);
+    let mut bare = stapled(&[]);
+    let id = submit(
+        &sender,
+        "a@client.test",
+        "bob@remote.example",
+        "Subject: 3\n\nx\n",
+    );
+    let log = sender.wait_log(&format!("{id} == bob@remote.example"));
+    assert!(log.contains("no valid stapled OCSP response"), "{log}");
+    assert!(bare.mailbox_of("remote.example", "bob").is_empty());
+    bare.signal("TERM");
+    bare.wait_exit(WAIT);
+    let next_hop = stapled(&["--ocsp", &ocsp]);
+    let flush = std::process::Command::new(env!("CARGO_BIN_EXE_gsmtpd"))
+        .args(["queue", "flush", "--state-dir"])
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(flush.success());
+    sender.wait_log(&format!("{id} Completed"));
+    assert_eq!(next_hop.mailbox_of("remote.example", "bob").len(), 1);
+}

@@ -22,7 +22,7 @@ use crate::queue::QueueDir;
 use crate::routing::TlsLevel;
 use crate::smtp_client::{
     Action, Client, ClientConfig, ConnectionError, Early, End, Failure, MessageId, Outcome,
-    Outgoing, TlsWanted,
+    Outgoing, TlsWanted, Wait,
 };
 use crate::tls::{ClientSession, ClientSetup, Credentials, Handshake, Priority, ReadStatus};
 
@@ -72,6 +72,9 @@ pub enum Event {
         /// Early pipelining was used (`L*`).
         early: bool,
     },
+    /// A job taken and not sent after all (the connection failed before
+    /// the server could take its message): back to the destination's.
+    Unsent(Job),
     /// The connection is over.
     Closed(Closed),
 }
@@ -332,9 +335,14 @@ impl Connection {
                     };
                     let results: Vec<Outcome> =
                         delivery.recipients.into_iter().map(|r| r.outcome).collect();
-                    if results.iter().all(is_early_surprise) {
-                        // Sent again at once, the ordinary way (nothing
-                        // that could be taken for a message went out).
+                    if results.iter().all(never_sent) {
+                        // Pipelined early and never answered, or met a
+                        // surprise: nothing the server could take for a
+                        // message went out. The job waits for the next
+                        // connection (at once, the ordinary way after a
+                        // surprise; to the next address if this one is
+                        // down), as it would have without early
+                        // pipelining.
                         ctx.jobs.push_front(job);
                         continue;
                     }
@@ -627,9 +635,14 @@ impl Connection {
         });
     }
 
-    /// We end the connection (a failed connect, TLS, OCSP): no message was
-    /// under way, since those all come before the first MAIL.
+    /// We end the connection (a failed connect, TLS, OCSP), before any
+    /// message could have reached the server.
     fn abort(&mut self, reason: String, tls_failed: bool) {
+        // Pipelining early, a message may already be under way: the
+        // server never had it (no content goes before the EHLO reply).
+        if let Some(sending) = self.sending.take() {
+            self.events.push(Event::Unsent(sending.job));
+        }
         self.finish(Closed {
             reason: Some(reason),
             permanent: false,
@@ -667,11 +680,18 @@ impl Connection {
     }
 }
 
-/// Deferred because early pipelining met a surprise.
-fn is_early_surprise(outcome: &Outcome) -> bool {
+/// Deferred before the server could have taken it: early pipelining met
+/// a surprise, or the connection failed before the banner or the EHLO
+/// reply (a message is submitted that early only when pipelining early,
+/// and its content waits for the EHLO reply).
+fn never_sent(outcome: &Outcome) -> bool {
     matches!(
         outcome,
-        Outcome::Deferred(Failure::Connection(ConnectionError::EarlyPipelining(_)))
+        Outcome::Deferred(Failure::Connection(
+            ConnectionError::EarlyPipelining(_)
+                | ConnectionError::Lost(Wait::Greeting | Wait::Hello)
+                | ConnectionError::TimedOut(Wait::Greeting | Wait::Hello)
+        ))
     )
 }
 

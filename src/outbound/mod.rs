@@ -573,6 +573,11 @@ impl Outbound {
                         early,
                     );
                 }
+                Event::Unsent(job) => {
+                    if let Some(dest) = self.destinations.get_mut(&key) {
+                        dest.jobs.push_front(job);
+                    }
+                }
                 Event::Closed(closed) => {
                     self.on_closed(&key, &address, attempt, plaintext, closed, Instant::now())
                 }
