@@ -378,9 +378,8 @@ fn a_kept_next_hop_that_is_down_defers_as_usual_and_loses_nothing() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut next_hop = receiver(&["--listen", &listen]);
-    let state = scratch_dir("early-down");
     let sender = sender_with(
-        Some(state.clone()),
+        None,
         &args(
             &format!("[127.0.0.1]:{port}"),
             &["--retry-min", "60", "--retry-max", "60"],
@@ -400,12 +399,8 @@ fn a_kept_next_hop_that_is_down_defers_as_usual_and_loses_nothing() {
     let log = sender.wait_log(&format!("{id} == bob@remote.example"));
     assert!(!log.contains(&format!("{id} => ")), "{log}");
     let next_hop = receiver(&["--listen", &listen]);
-    let flush = std::process::Command::new(env!("CARGO_BIN_EXE_gsmtpd"))
-        .args(["queue", "flush", "--state-dir"])
-        .arg(&state)
-        .status()
-        .unwrap();
-    assert!(flush.success());
+    let (status, _, err) = gsmtpd(&["queue", "flush"], &sender.state);
+    assert_eq!(status, Some(0), "{err}");
     sender.wait_log(&format!("{id} Completed"));
     assert_eq!(next_hop.mailbox_of("remote.example", "bob").len(), 1);
 }
@@ -421,10 +416,9 @@ fn a_message_pipelined_early_on_smtps_survives_a_failed_ocsp_check() {
     };
     let ocsp = pki_file("rsa.ocsp.der");
     let mut next_hop = stapled(&["--ocsp", &ocsp]);
-    let state = scratch_dir("early-smtps");
     let ca = pki_file("ca.pem");
     let sender = sender_with(
-        Some(state.clone()),
+        None,
         &args(
             &format!("smtps:[localhost]:{port}"),
             &[
@@ -458,12 +452,8 @@ fn a_message_pipelined_early_on_smtps_survives_a_failed_ocsp_check() {
     bare.signal("TERM");
     bare.wait_exit(WAIT);
     let next_hop = stapled(&["--ocsp", &ocsp]);
-    let flush = std::process::Command::new(env!("CARGO_BIN_EXE_gsmtpd"))
-        .args(["queue", "flush", "--state-dir"])
-        .arg(&state)
-        .status()
-        .unwrap();
-    assert!(flush.success());
+    let (status, _, err) = gsmtpd(&["queue", "flush"], &sender.state);
+    assert_eq!(status, Some(0), "{err}");
     sender.wait_log(&format!("{id} Completed"));
     assert_eq!(next_hop.mailbox_of("remote.example", "bob").len(), 1);
 }

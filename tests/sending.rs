@@ -6,26 +6,10 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
-use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn gsmtpd(args: &[&str], state: &Path) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_gsmtpd"))
-        .args(args)
-        .arg("--state-dir")
-        .arg(state)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn queue_is_empty(server: &Server) -> bool {
     fs::read_dir(server.state.join("queue/new"))

@@ -165,3 +165,19 @@ impl Drop for EximHop {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `gsmtpd ARGS --state-dir STATE` (the queue commands): exit
+/// status, stdout, stderr.
+pub fn gsmtpd(args: &[&str], state: &Path) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gsmtpd"))
+        .args(args)
+        .arg("--state-dir")
+        .arg(state)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
