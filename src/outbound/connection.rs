@@ -333,22 +333,31 @@ impl Connection {
                     let Some(job) = self.sending.take().map(|s| s.job) else {
                         continue;
                     };
-                    let results: Vec<Outcome> =
-                        delivery.recipients.into_iter().map(|r| r.outcome).collect();
-                    if results.iter().all(never_sent) {
-                        // Pipelined early and never answered, or met a
-                        // surprise: nothing the server could take for a
-                        // message went out. The job waits for the next
-                        // connection (at once, the ordinary way after a
-                        // surprise; to the next address if this one is
-                        // down), as it would have without early
-                        // pipelining.
-                        ctx.jobs.push_front(job);
+                    let outcomes = delivery.recipients.into_iter().map(|r| r.outcome);
+                    let (again, results): (Vec<_>, Vec<_>) = job
+                        .rcpts
+                        .iter()
+                        .copied()
+                        .zip(outcomes)
+                        .partition(|(_, o)| never_sent(o));
+                    if !again.is_empty() {
+                        // Pipelined early and never answered, or answered
+                        // by a server that surprised us: these go again,
+                        // at once and the ordinary way (on this connection
+                        // if it goes on, else on the next one), as they
+                        // would have without early pipelining.
+                        ctx.jobs.push_front(Job {
+                            id: job.id.clone(),
+                            rcpts: again.iter().map(|(rcpt, _)| *rcpt).collect(),
+                        });
+                    }
+                    if results.is_empty() {
                         continue;
                     }
                     self.messages += 1;
+                    let (rcpts, results) = results.into_iter().unzip();
                     self.events.push(Event::Results {
-                        job,
+                        job: Job { id: job.id, rcpts },
                         results,
                         tls: self.tls_field(),
                         early: self.client.early_pipelining(),
@@ -380,6 +389,14 @@ impl Connection {
             &self.early.plain
         };
         let addr = self.address.addr;
+        if let Some(why) = self.client.early_surprise() {
+            log::info!(
+                "{} [{}]:{}: early pipelining: {why}; what the server did not take goes again the ordinary way",
+                self.address.host,
+                addr.ip(),
+                addr.port()
+            );
+        }
         if ehlo.allows_early_pipelining() {
             if !kept.as_ref().is_some_and(|k| k.same_offer(&ehlo)) {
                 let expires = unix_now().saturating_add(ctx.ehlo_expire as i64);
@@ -613,7 +630,10 @@ impl Connection {
             other => Some(other.to_string()),
         };
         let early = self.client.early_pipelining();
-        let surprise = matches!(&end, End::Error(ConnectionError::EarlyPipelining(_)));
+        // A failed connection after a changed EHLO response is one too:
+        // its message went back to the queue to go again at once.
+        let surprise = matches!(&end, End::Error(ConnectionError::EarlyPipelining(_)))
+            || (self.client.early_surprise().is_some() && !matches!(end, End::Quit));
         let injected = matches!(&end, End::Error(ConnectionError::Protocol(p))
             if *p == crate::smtp_client::ProtocolError::StartTlsInjection);
         if surprise || (early && injected) {
@@ -680,10 +700,10 @@ impl Connection {
     }
 }
 
-/// Deferred before the server could have taken it: early pipelining met
-/// a surprise, or the connection failed before the banner or the EHLO
-/// reply (a message is submitted that early only when pipelining early,
-/// and its content waits for the EHLO reply).
+/// Deferred before the server took it: early pipelining met a surprise
+/// (what the server took is reported delivered; see
+/// `smtp_client::Early`), or the connection failed before the banner or
+/// the EHLO reply, which only a message pipelined early can meet.
 fn never_sent(outcome: &Outcome) -> bool {
     matches!(
         outcome,

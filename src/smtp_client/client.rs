@@ -110,6 +110,11 @@ pub struct Client {
     early_greeting: bool,
     /// Early pipelining was used on this connection.
     early_used: bool,
+    /// The message sent before the kept EHLO response was confirmed.
+    early_message: Option<MessageId>,
+    /// The server's EHLO reply offered something else than the kept one:
+    /// what `early_message` did not get delivered goes again.
+    early_changed: Option<String>,
     /// The latest EHLO response, for the driver to keep: (inside TLS, it).
     ehlo_seen: Option<(bool, Ehlo)>,
 }
@@ -140,6 +145,8 @@ impl Client {
             early_expected: None,
             early_greeting: false,
             early_used: false,
+            early_message: None,
+            early_changed: None,
             ehlo_seen: None,
         };
         client.start_early();
@@ -254,6 +261,9 @@ impl Client {
         }
         let id = MessageId(self.next_id);
         self.next_id += 1;
+        if self.early_expected.is_some() {
+            self.early_message = Some(id);
+        }
         self.start(id, message);
         Ok(id)
     }
@@ -295,6 +305,16 @@ impl Client {
     /// open or ended well, met no surprise).
     pub fn early_pipelining(&self) -> bool {
         self.early_used
+    }
+
+    /// The message sent before the kept EHLO response was confirmed.
+    pub fn early_message(&self) -> Option<MessageId> {
+        self.early_message
+    }
+
+    /// Why early pipelining met a surprise on this connection, if it did.
+    pub fn early_surprise(&self) -> Option<&str> {
+        self.early_changed.as_deref()
     }
 
     /// The EHLO response received since the last call, and whether it came
@@ -449,19 +469,55 @@ impl Client {
         }
     }
 
-    /// The reply to an EHLO sent early must offer what the kept one did;
-    /// then the commands behind it stand, and content may follow.
+    /// The reply to an EHLO sent early. Refused, the server will take
+    /// nothing: the connection fails. Offering something else than the
+    /// kept one, the commands sent behind it were answered by a server we
+    /// misjudged: their replies still say what it did with the message,
+    /// but what did not get it delivered is not held against it (see
+    /// [`Client::report`]); the connection goes on with the new reply.
     fn on_early_ehlo(&mut self, kept: Ehlo, reply: Reply, raw: Vec<u8>) {
         if reply.class() != 2 {
             return self.surprise(format!("EHLO refused: {reply}"));
         }
         let ehlo = Ehlo::parse(&reply, raw);
         if !ehlo.same_offer(&kept) {
-            return self.surprise("the EHLO response changed".into());
+            self.early_changed = Some("the EHLO response changed".into());
         }
         self.ehlo_seen = Some((self.tls, ehlo.clone()));
         self.ehlo = Some(ehlo);
         self.advance();
+    }
+
+    /// Hands a finished message to the driver. The one sent early, when
+    /// the server's EHLO reply then changed or had not come yet (a message
+    /// refused before sending, on the kept response's word), has every
+    /// recipient that was not delivered deferred for early pipelining
+    /// instead, whatever the server said (a 5xx to a command it no longer
+    /// knows is no verdict on the message): the driver sends those again
+    /// the ordinary way, decided on the server's real reply.
+    pub(super) fn report(&mut self, mut delivery: Delivery) {
+        if self.early_message == Some(delivery.id) {
+            // Before the EHLO reply came, a refusal rests on the kept
+            // response's word.
+            let unconfirmed = self.early_expected.is_some();
+            for rcpt in &mut delivery.recipients {
+                let why = match &rcpt.outcome {
+                    Outcome::Delivered(_)
+                    | Outcome::Deferred(Failure::Connection(ConnectionError::EarlyPipelining(_))) =>
+                    {
+                        continue;
+                    }
+                    Outcome::Failed(_) if unconfirmed => "refused on a kept EHLO response".into(),
+                    _ => match &self.early_changed {
+                        Some(why) => why.clone(),
+                        None => continue,
+                    },
+                };
+                rcpt.outcome =
+                    Outcome::Deferred(Failure::Connection(ConnectionError::EarlyPipelining(why)));
+            }
+        }
+        self.done.push_back(delivery);
     }
 
     /// The server did not answer early pipelining as it did before.
@@ -595,7 +651,8 @@ impl Client {
     fn abandon(&mut self, failure: Failure) {
         if let Some(mut txn) = self.txn.take() {
             txn.settle_all(|| Outcome::Deferred(failure.clone()));
-            self.done.push_back(txn.delivery());
+            let delivery = txn.delivery();
+            self.report(delivery);
         }
     }
 }

@@ -97,13 +97,22 @@ pub struct ClientConfig {
 ///   with `tls` kept too, EHLO and the first message's commands in one
 ///   write.
 ///
-/// A BDAT chunk (content) waits until the EHLO reply matched: content
-/// must never reach a server we would then abandon, since it could
-/// deliver it. Anything unexpected (a banner other than 2xx, an EHLO reply
-/// other than 2xx or offering something else than the kept one) fails the
-/// connection with [`ConnectionError::EarlyPipelining`]: its message is
-/// deferred unsent, and the driver drops the kept responses and sends it
-/// again the ordinary way.
+/// The message goes whole, content included (BDAT), as Exim's does, so a
+/// later delivery costs no more round trips than the server's replies
+/// need. Surprises:
+///
+/// - a banner other than 2xx, or a refused EHLO: the server takes
+///   nothing; the connection fails with [`ConnectionError::EarlyPipelining`]
+///   and the message is deferred that way;
+/// - an EHLO reply that offers something else than the kept one: the
+///   replies to the commands behind it still say what the server did with
+///   the message, so what it delivered counts, and every other recipient
+///   is deferred that way instead of being failed (a 5xx to a command the
+///   server no longer knows is no verdict on the message). The connection
+///   goes on with the new reply.
+///
+/// The driver sends what was deferred for early pipelining again at once,
+/// the ordinary way, and keeps the new response (or drops the kept ones).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Early {
     /// The response outside TLS.

@@ -2299,7 +2299,7 @@ fn early_pipelining_sends_the_first_message_before_the_banner() {
 }
 
 #[test]
-fn early_pipelining_holds_bdat_content_until_the_ehlo_reply_matched() {
+fn early_pipelining_sends_bdat_content_with_the_first_flight() {
     let keywords = ["PIPELINING", "PIPECONNECT", "CHUNKING"];
     let make = || {
         Driver::new(
@@ -2311,27 +2311,28 @@ fn early_pipelining_holds_bdat_content_until_the_ehlo_reply_matched() {
     before.drive();
     assert_eq!(
         String::from_utf8_lossy(&before.wire),
-        wire(&[
-            "EHLO client.example",
-            "MAIL FROM:<alice@example.net>",
-            "RCPT TO:<bob@example.org>",
-        ]),
-        "no content before the server's EHLO reply"
+        [
+            wire(&[
+                "EHLO client.example",
+                "MAIL FROM:<alice@example.net>",
+                "RCPT TO:<bob@example.org>",
+                "BDAT 22 LAST",
+            ]),
+            String::from_utf8_lossy(CONTENT).into_owned()
+        ]
+        .concat(),
+        "the whole message before the server's first byte, as Exim sends it"
     );
     let result = assert_split_invariant(
         &make,
         &[BANNER, &ehlo(&keywords), MAIL_OK, RCPT_OK, QUEUED, BYE],
     );
-    assert!(
-        result
-            .wire
-            .contains("RCPT TO:<bob@example.org>\r\nBDAT 22 LAST\r\nSubject: hi"),
-        "{}",
-        result.wire
-    );
     assert_eq!(
-        result.events[0],
-        "#0 bob@example.org delivered: 250 2.0.0 Ok: queued as 4711"
+        result.events,
+        [
+            "#0 bob@example.org delivered: 250 2.0.0 Ok: queued as 4711",
+            "closed: QUIT"
+        ]
     );
 }
 
@@ -2444,14 +2445,12 @@ fn a_kept_response_without_pipeconnect_means_the_ordinary_way() {
 }
 
 #[test]
-fn surprises_fail_the_connection_and_defer_the_message_unsent() {
-    let changed = ehlo(&["PIPELINING", "SIZE 10000"]);
+fn a_refused_banner_or_ehlo_fails_the_connection_and_defers_the_message() {
     let refused = b"550 go away\r\n".to_vec();
     let busy = b"421 busy\r\n".to_vec();
     for (script, why) in [
         (vec![b"554 no\r\n".as_slice()], "banner 554 no"),
         (vec![&busy[..]], "banner 421 busy"),
-        (vec![BANNER, &changed], "the EHLO response changed"),
         (vec![BANNER, &refused], "EHLO refused: 550 go away"),
     ] {
         let result = Driver::new(
@@ -2469,19 +2468,9 @@ fn surprises_fail_the_connection_and_defer_the_message_unsent() {
         );
         assert!(!result.wire.contains("QUIT"), "{}", result.wire);
     }
-    // Inside TLS too.
+    // Plaintext behind the 220 to an early STARTTLS is an injection.
     let plain = ["PIPELINING", "PIPECONNECT", "STARTTLS"];
     let inside = ["PIPELINING", "PIPECONNECT"];
-    let result = Driver::new(
-        early_config(TlsWanted::IfOffered, &plain, &inside),
-        vec![to_bob()],
-    )
-    .run(&[BANNER, &ehlo(&plain), b"220 go\r\n", &ehlo(&["PIPELINING"])]);
-    assert_eq!(
-        result.events.last().unwrap(),
-        "closed: early pipelining: the EHLO response changed"
-    );
-    // Plaintext behind the 220 to an early STARTTLS is an injection.
     let result = Driver::new(
         early_config(TlsWanted::IfOffered, &plain, &inside),
         vec![to_bob()],
@@ -2490,5 +2479,72 @@ fn surprises_fail_the_connection_and_defer_the_message_unsent() {
     assert_eq!(
         result.events,
         ["closed: protocol error: plaintext after the reply to STARTTLS (response injection)"]
+    );
+}
+
+#[test]
+fn a_changed_ehlo_reply_keeps_what_was_delivered_and_never_bounces_the_rest() {
+    // SIZE changed: the server still took the message.
+    let changed = ehlo(&["PIPELINING", "PIPECONNECT", "SIZE 20000"]);
+    let mut driver = Driver::new(
+        early_config(TlsWanted::Never, PLAIN_EARLY, &[]),
+        vec![to_bob()],
+    );
+    driver.drive();
+    for piece in [BANNER, &changed, MAIL_OK, RCPT_OK, GO_AHEAD, QUEUED, BYE] {
+        driver.feed(piece);
+    }
+    assert_eq!(
+        driver.events,
+        [
+            "#0 bob@example.org delivered: 250 2.0.0 Ok: queued as 4711",
+            "closed: QUIT"
+        ]
+    );
+    assert_eq!(
+        driver.client.early_surprise(),
+        Some("the EHLO response changed")
+    );
+    // A refusal after a changed reply is no verdict: deferred to go again,
+    // and the connection goes on.
+    let two = message(&["bob@example.org", "carol@example.org"], CONTENT);
+    let result = Driver::new(early_config(TlsWanted::Never, PLAIN_EARLY, &[]), vec![two]).run(&[
+        BANNER,
+        &changed,
+        MAIL_OK,
+        b"550 5.1.1 no such user\r\n",
+        RCPT_OK,
+        GO_AHEAD,
+        QUEUED,
+        BYE,
+    ]);
+    assert_eq!(
+        result.events,
+        [
+            "#0 bob@example.org deferred: early pipelining: the EHLO response changed",
+            "#0 carol@example.org delivered: 250 2.0.0 Ok: queued as 4711",
+            "closed: QUIT"
+        ]
+    );
+    // Inside TLS the same.
+    let plain = ["PIPELINING", "PIPECONNECT", "STARTTLS"];
+    let inside = ["PIPELINING", "PIPECONNECT"];
+    let result = Driver::new(
+        early_config(TlsWanted::IfOffered, &plain, &inside),
+        vec![to_bob()],
+    )
+    .run(&[
+        BANNER,
+        &ehlo(&plain),
+        b"220 go\r\n",
+        &ehlo(&["PIPELINING"]),
+        b"503 5.5.1 no\r\n",
+        b"503 5.5.1 no\r\n",
+        b"503 5.5.1 no\r\n",
+        BYE,
+    ]);
+    assert_eq!(
+        result.events[1],
+        "#0 bob@example.org deferred: early pipelining: the EHLO response changed"
     );
 }

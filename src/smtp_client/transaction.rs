@@ -259,7 +259,7 @@ impl Client {
         };
         if txn.finished() {
             // Nothing to send: the server never hears of it.
-            self.done.push_back(txn.delivery());
+            self.report(txn.delivery());
             return;
         }
         self.txn = Some(txn);
@@ -271,8 +271,6 @@ impl Client {
     /// if it is finished.
     pub(super) fn pump(&mut self) {
         let pipelining = self.pipelining();
-        // Pipelining early, content waits for the EHLO reply (see Early).
-        let hold_content = self.early_expected.is_some();
         while let Some(txn) = self.txn.as_mut() {
             if !pipelining && !self.expect.is_empty() {
                 break;
@@ -303,7 +301,6 @@ impl Client {
                         None => txn.cursor = Cursor::Body,
                     }
                 }
-                Cursor::Body if hold_content && !txn.data => break,
                 Cursor::Body => {
                     txn.cursor = Cursor::Sent;
                     if !txn.viable() {
@@ -335,7 +332,7 @@ impl Client {
         }
         if let Some(txn) = self.txn.take() {
             self.needs_rset = txn.mail_answer == Answer::Accepted && !txn.clean_end;
-            self.done.push_back(txn.delivery());
+            self.report(txn.delivery());
         }
     }
 
