@@ -105,6 +105,92 @@ pub(super) fn commit_with(
     results
 }
 
+/// `--durability log`: the group's Maildir files are written and linked
+/// into `new/` without being synced, their names and bytes go into the
+/// write-ahead log, and one `fdatasync` of the log makes the whole group
+/// durable; a checkpoint (`syncfs`, later) makes the files durable on
+/// their own and frees the log. After a crash, recovery rewrites from
+/// the log what a power loss took (`crate::wal::restore`).
+///
+/// A message with a queue file still goes the `syncfs` way
+/// ([`commit_all`]): the delivery process removes a queue file once
+/// delivered, and until its own log records that, replay could bring a
+/// delivered message back.
+pub fn commit_logged(
+    messages: Vec<Vec<Delivery>>,
+    log: &mut crate::wal::Log,
+) -> Vec<io::Result<Vec<PathBuf>>> {
+    let count = messages.len();
+    let (queued, logged): (Vec<_>, Vec<_>) = messages
+        .into_iter()
+        .enumerate()
+        .partition(|(_, deliveries)| deliveries.iter().any(Delivery::is_queue_file));
+    let mut results: Vec<io::Result<Vec<PathBuf>>> = (0..count).map(|_| Ok(Vec::new())).collect();
+    let (queued_units, queued): (Vec<usize>, Vec<_>) = queued.into_iter().unzip();
+    for (unit, result) in queued_units.into_iter().zip(commit_all(queued)) {
+        results[unit] = result;
+    }
+    let mut batch: Vec<(usize, Entry)> = logged
+        .into_iter()
+        .flat_map(|(unit, deliveries)| deliveries.into_iter().map(move |d| (unit, Entry::Live(d))))
+        .collect();
+    each_live(&mut batch, Delivery::finish_writing);
+    each_live(&mut batch, Delivery::publish);
+    log_group(&mut batch, log);
+    for (unit, entry) in batch {
+        match (entry, &mut results[unit]) {
+            (Entry::Live(delivery), Ok(paths)) => paths.extend(delivery.delivered()),
+            (Entry::Failed(e), result @ Ok(_)) => *result = Err(e),
+            (_, Err(_)) => {}
+        }
+    }
+    results
+}
+
+/// One record per live message, then one commit of the log: every live
+/// message fails with it (its names in `new/` removed) if it fails.
+fn log_group(batch: &mut [(usize, Entry)], log: &mut crate::wal::Log) {
+    let mut units: Vec<usize> = batch.iter().map(|(unit, _)| *unit).collect();
+    units.dedup();
+    for unit in units {
+        let mut files = Vec::new();
+        let mut failed = None;
+        for (u, entry) in batch.iter() {
+            if let (true, Entry::Live(delivery)) = (*u == unit, entry) {
+                match delivery.logged_files() {
+                    Ok(more) => files.extend(more),
+                    Err(e) => failed = Some(e),
+                }
+            }
+        }
+        let mut payload = Vec::new();
+        let encoded = crate::wal::Entry::Message(crate::wal::LoggedMessage { files })
+            .encode(&mut payload)
+            .map_err(|e| io::Error::other(e.to_string()));
+        if let Some(e) = failed.or(encoded.err()) {
+            for (u, entry) in batch.iter_mut() {
+                if *u == unit && matches!(entry, Entry::Live(_)) {
+                    entry.fail(io::Error::new(e.kind(), format!("write-ahead log: {e}")));
+                }
+            }
+            continue;
+        }
+        if batch
+            .iter()
+            .any(|(u, e)| *u == unit && matches!(e, Entry::Live(_)))
+        {
+            log.append(&payload);
+        }
+    }
+    if let Err(e) = log.commit() {
+        for (_, entry) in batch.iter_mut() {
+            if matches!(entry, Entry::Live(_)) {
+                entry.fail(io::Error::new(e.kind(), format!("write-ahead log: {e}")));
+            }
+        }
+    }
+}
+
 enum Entry {
     Live(Delivery),
     Failed(io::Error),

@@ -269,6 +269,28 @@ impl Delivery {
         Ok(())
     }
 
+    /// A queue file (whose removal after delivery no log records yet).
+    pub(super) fn is_queue_file(&self) -> bool {
+        self.form == Form::Queue
+    }
+
+    /// What a write-ahead log record holds of this delivery, once
+    /// published: every name it has in a `new/` with the file's bytes.
+    pub(super) fn logged_files(&self) -> io::Result<Vec<crate::wal::LoggedFile>> {
+        use std::os::unix::fs::FileExt;
+        let file = self.file.as_ref().ok_or_else(finished)?;
+        let mut content = vec![0u8; usize::try_from(self.size).map_err(io::Error::other)?];
+        file.read_exact_at(&mut content, 0)?;
+        Ok(self
+            .linked
+            .iter()
+            .map(|path| crate::wal::LoggedFile {
+                path: path.clone(),
+                content: content.clone(),
+            })
+            .collect())
+    }
+
     /// The message is on stable storage in every `new/`.
     pub(super) fn delivered(mut self) -> Vec<PathBuf> {
         debug!(

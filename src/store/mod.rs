@@ -50,7 +50,7 @@ use std::path::{Path, PathBuf};
 use log::info;
 
 pub use clean::{STALE_TMP_AGE, clean_stale_tmp};
-pub use commit::{check_kernel, commit_all};
+pub use commit::{check_kernel, commit_all, commit_logged};
 pub use delivery::Delivery;
 use delivery::Form;
 pub use unique::MessageId;

@@ -838,3 +838,84 @@ fn a_message_lands_in_the_maildir_and_the_queue_together_or_not_at_all() {
         "no second copy"
     );
 }
+
+// ---------------------------------------------------------------- write-ahead log
+
+#[test]
+fn log_commit_links_the_group_and_logs_each_file_with_its_bytes() {
+    let tmp = temp_dir();
+    let (mut store, root) = store(&tmp);
+    let (mut log, _) = crate::wal::Log::open(&tmp.path().join("wal"), 64 * 1024).unwrap();
+    let batch = three_deliveries(&mut store);
+    let results = super::commit_logged(batch, &mut log);
+    let mut paths = Vec::new();
+    for result in results {
+        let p = result.unwrap();
+        assert_eq!(p.len(), 1);
+        paths.extend(p);
+    }
+    drop(log);
+    let (_, records) = crate::wal::Log::open(&tmp.path().join("wal"), 64 * 1024).unwrap();
+    let restore = crate::wal::to_restore(&records).unwrap();
+    assert_eq!(restore.len(), 3, "a record per message");
+    for ((_, message), path) in restore.iter().zip(&paths) {
+        assert_eq!(message.files.len(), 1);
+        assert_eq!(&message.files[0].path, path);
+        assert_eq!(message.files[0].content, fs::read(path).unwrap());
+        assert!(path.starts_with(&root) && path.parent().unwrap().ends_with("new"));
+    }
+    assert!(unnamed_tmp_files(&root).is_empty());
+}
+
+#[test]
+fn a_message_with_a_queue_file_takes_the_syncfs_way_beside_the_log() {
+    let tmp = temp_dir();
+    let root = tmp.path().join("Maildir");
+    let queue = tmp.path().join("queue");
+    for sub in ["tmp", "new"] {
+        fs::create_dir_all(queue.join(sub)).unwrap();
+    }
+    let mut store = Store::open(&root, "mx.example.org")
+        .unwrap()
+        .with_queue(&queue);
+    let (mut log, _) = crate::wal::Log::open(&tmp.path().join("wal"), 64 * 1024).unwrap();
+    let mut queued = store
+        .begin_queued(store.next_id(), b"Header: x\r\n")
+        .unwrap();
+    queued.write(b"Subject: away\r\n\r\nx\r\n").unwrap();
+    let mut local = store
+        .begin(store.next_id(), &[mb("example.com", "dave")], HEADER)
+        .unwrap();
+    local.write(b"Subject: here\r\n\r\nx\r\n").unwrap();
+    let results = super::commit_logged(vec![vec![queued], vec![local]], &mut log);
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    assert!(results[0].as_ref().unwrap()[0].starts_with(&queue));
+    drop(log);
+    let (_, records) = crate::wal::Log::open(&tmp.path().join("wal"), 64 * 1024).unwrap();
+    let restore = crate::wal::to_restore(&records).unwrap();
+    assert_eq!(restore.len(), 1, "only the Maildir message is logged");
+    assert!(restore[0].1.files[0].path.starts_with(&root));
+}
+
+#[test]
+fn a_log_that_failed_takes_nothing_more_and_its_group_leaves_nothing() {
+    let tmp = temp_dir();
+    let (mut store, root) = store(&tmp);
+    let wal = tmp.path().join("wal");
+    let (mut log, _) = crate::wal::Log::open(&wal, 4096).unwrap();
+    // The log cannot grow: its directory is gone when the group needs a
+    // second segment.
+    let mut big = store
+        .begin(store.next_id(), &[mb("example.com", "erin")], HEADER)
+        .unwrap();
+    big.write(&vec![b'x'; 10_000]).unwrap();
+    fs::remove_dir_all(&wal).unwrap();
+    let results = super::commit_logged(vec![vec![big]], &mut log);
+    assert!(results[0].is_err());
+    assert!(all_message_files(&root).is_empty(), "rolled back");
+    // A small one now fails too: the log is broken until reopened.
+    let small = three_deliveries(&mut store);
+    let results = super::commit_logged(small, &mut log);
+    assert!(results.iter().all(|r| r.is_err()));
+    assert!(all_message_files(&root).is_empty());
+}

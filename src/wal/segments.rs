@@ -47,6 +47,10 @@ pub struct Log {
     next_sequence: u64,
     /// Records appended since the last commit.
     pending: Vec<u8>,
+    /// A commit failed: what reached the disk is unknown (after a failed
+    /// `fdatasync` Linux may have marked the pages clean without writing
+    /// them), so nothing more is committed until the log is opened again.
+    broken: bool,
 }
 
 impl Log {
@@ -98,6 +102,7 @@ impl Log {
             next_id,
             next_sequence,
             pending: Vec::new(),
+            broken: false,
         };
         if log.segments.is_empty() {
             log.add_segment(0)?;
@@ -117,9 +122,22 @@ impl Log {
     /// Writes the queued records and makes them durable: one write and one
     /// `fdatasync`, or two of each when the current segment fills up.
     pub fn commit(&mut self) -> io::Result<()> {
+        if self.broken {
+            return Err(io::Error::other(
+                "an earlier write or sync of the log failed; it takes no more until reopened",
+            ));
+        }
         if self.pending.is_empty() {
             return Ok(());
         }
+        let result = self.write_pending();
+        if result.is_err() {
+            self.broken = true;
+        }
+        result
+    }
+
+    fn write_pending(&mut self) -> io::Result<()> {
         let needed = self.pending.len() as u64;
         let fits = self
             .segments
