@@ -2,7 +2,7 @@
 //! Nothing downstream looks at flags again.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -91,6 +91,18 @@ pub struct Config {
     /// Clients that may send to any domain (mail for others is queued).
     pub relay_from: HostList,
     pub sending: Sending,
+    pub durability: Durability,
+}
+
+/// How a group commit makes its messages durable before their 250s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Durability {
+    /// `sync`: every file and name synced (`syncfs` twice per group).
+    Sync,
+    /// `log`: Maildir files linked unsynced and their records made durable
+    /// in a write-ahead log (one `fdatasync` per group), each worker's in
+    /// `dir/worker-N`; a checkpoint syncs the files every `checkpoint`.
+    Log { dir: PathBuf, checkpoint: Duration },
 }
 
 /// How mail for other domains is sent onward.
@@ -303,6 +315,24 @@ fn options() -> Options {
         "",
         "ehlo-cache-expire",
         "how long a next hop's EHLO response is trusted for early pipelining (default 604800)",
+        "SECONDS",
+    );
+    o.optopt(
+        "",
+        "durability",
+        "how a message is durable before its 250: sync (every file synced) or log (a write-ahead log) (default sync)",
+        "sync|log",
+    );
+    o.optopt(
+        "",
+        "wal-dir",
+        "where --durability log keeps its logs (default STATE_DIR/wal)",
+        "DIR",
+    );
+    o.optopt(
+        "",
+        "checkpoint-interval",
+        "with --durability log, how often the logged files are synced and the log freed (default 2)",
         "SECONDS",
     );
     o.optopt(
@@ -542,6 +572,7 @@ fn build(m: &Matches) -> Result<Config, UsageError> {
         Some(name) => Some(Account::lookup(&name).map_err(|e| UsageError(format!("--user: {e}")))?),
         None => None,
     };
+    let durability = durability(m, &state_dir)?;
     Ok(Config {
         listen,
         listen_tls,
@@ -568,7 +599,23 @@ fn build(m: &Matches) -> Result<Config, UsageError> {
         workers,
         relay_from,
         sending,
+        durability,
     })
+}
+
+fn durability(m: &Matches, state_dir: &Path) -> Result<Durability, UsageError> {
+    let checkpoint = seconds(m, "checkpoint-interval", 2)?;
+    let dir = m
+        .opt_str("wal-dir")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| state_dir.join("wal"));
+    match m.opt_str("durability").as_deref() {
+        None | Some("sync") => Ok(Durability::Sync),
+        Some("log") => Ok(Durability::Log { dir, checkpoint }),
+        Some(other) => Err(UsageError(format!(
+            "--durability: {other:?} is not sync or log"
+        ))),
+    }
 }
 
 /// Every value of a repeatable flag, parsed; an error names the flag.

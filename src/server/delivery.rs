@@ -163,6 +163,14 @@ fn queue_head(env: &Envelope, id: MessageId, hostname: &str, now: u64) -> Vec<u8
     head
 }
 
+/// How a group is made durable (`--durability`).
+pub enum GroupCommit<'a> {
+    Sync,
+    Log(&'a mut crate::wal::Log),
+    /// The log's checkpoints keep failing: nothing is acknowledged.
+    Refused,
+}
+
 /// A waiting connection and its message's fate: the id for its 250, or
 /// why it is not stored.
 pub type Outcome = (TimerKey, Result<String, SinkError>);
@@ -171,14 +179,28 @@ pub type Outcome = (TimerKey, Result<String, SinkError>);
 /// returns each waiting connection's outcome: the id for its 250, or why
 /// its message is not stored; and the ids of those now in the queue, for
 /// the delivery process.
-pub fn commit_queued(queue: Vec<Queued>) -> (Vec<Outcome>, Vec<String>) {
+pub fn commit_queued(
+    queue: Vec<Queued>,
+    durability: GroupCommit<'_>,
+) -> (Vec<Outcome>, Vec<String>) {
     let mut waiting = Vec::with_capacity(queue.len());
     let mut deliveries = Vec::with_capacity(queue.len());
     for q in queue {
         waiting.push((q.conn, q.id, q.arrival, q.for_queue));
         deliveries.push(q.deliveries);
     }
-    let results = store::commit_all(deliveries);
+    let results = match durability {
+        GroupCommit::Sync => store::commit_all(deliveries),
+        GroupCommit::Log(log) => store::commit_logged(deliveries, log),
+        GroupCommit::Refused => deliveries
+            .iter()
+            .map(|_| {
+                Err(std::io::Error::other(
+                    "the write-ahead log's checkpoints keep failing",
+                ))
+            })
+            .collect(),
+    };
     let mut queued = Vec::new();
     let outcomes = waiting
         .into_iter()

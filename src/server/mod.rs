@@ -11,6 +11,7 @@ mod lookups;
 mod table;
 mod timers;
 mod tls_context;
+mod worker_log;
 
 use std::io;
 use std::net::SocketAddr;
@@ -22,7 +23,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::sys::signal::Signal;
 
-use crate::config::{Config, Timeouts};
+use crate::config::{Config, Durability, Timeouts};
 use crate::conn_limits::ConnCounts;
 use crate::control::{Channel, ToChild, ToSupervisor};
 use crate::hostlist::HostList;
@@ -87,6 +88,8 @@ pub struct Shared {
     pub control: Option<Channel>,
     /// Session-cache lookups waiting for the supervisor's answer.
     pub lookups: Lookups,
+    /// The write-ahead log, under `--durability log`.
+    pub log: Option<worker_log::WorkerLog>,
 }
 
 impl Shared {
@@ -180,6 +183,14 @@ impl Server {
                 .register(&mut SourceFd(&fd), CERT_WATCH, Interest::READABLE)
                 .map_err(|e| format!("registering the certificate watch: {e}"))?;
         }
+        let log = match &config.durability {
+            Durability::Sync => None,
+            Durability::Log { dir, checkpoint } => Some(worker_log::WorkerLog::open(
+                &dir.join(format!("worker-{slot}")),
+                &config.maildir,
+                *checkpoint,
+            )?),
+        };
         let smtp_config = SmtpConfig {
             hostname: config.hostname.clone(),
             domains: config.domains.clone(),
@@ -210,6 +221,7 @@ impl Server {
                 commits: Vec::new(),
                 control: Some(channel),
                 lookups: Lookups::default(),
+                log,
             },
             max_connections: config.max_connections,
             max_per_ip: config.max_per_ip,
@@ -252,7 +264,11 @@ impl Server {
             }
             self.run_timers();
             self.maybe_commit(events.is_empty());
-            if self.shutting_down_done() {
+            let ending = self.shutting_down_done();
+            if let Some(log) = self.shared.log.as_mut() {
+                log.checkpoint_if_due(self.shared.now, ending);
+            }
+            if ending {
                 return Ok(());
             }
         }
@@ -264,6 +280,7 @@ impl Server {
             self.shared.lookups.next_due(),
             self.accept_paused_until,
             self.shutdown_deadline,
+            self.shared.log.as_ref().and_then(|l| l.next_due()),
         ]
         .into_iter()
         .flatten()
@@ -519,7 +536,17 @@ impl Server {
     fn run_commits(&mut self) {
         let queue = std::mem::take(&mut self.shared.commits);
         log::debug!("group commit of {} message(s)", queue.len());
-        let (outcomes, queued) = delivery::commit_queued(queue);
+        let commit = match self.shared.log.as_mut() {
+            None => delivery::GroupCommit::Sync,
+            Some(log) => match log.for_commit() {
+                Some(log) => delivery::GroupCommit::Log(log),
+                None => delivery::GroupCommit::Refused,
+            },
+        };
+        let (outcomes, queued) = delivery::commit_queued(queue, commit);
+        if let Some(log) = self.shared.log.as_mut() {
+            log.committed(self.shared.now);
+        }
         for (key, outcome) in outcomes {
             let Some(conn) = self.conns.get_mut(key.slot) else {
                 continue;

@@ -1,0 +1,126 @@
+//! `--durability log`: group commit through a write-ahead log, recovery
+//! at start and checkpoints, on the real binary. A power loss cannot be
+//! made here (no device-mapper in this kernel), so its effect on an
+//! unsynced Maildir file is made by hand: the file emptied, or gone.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+
+fn log_server(state: &Path, checkpoint: &str) -> Server {
+    Server::with(Options {
+        implicit: false,
+        state: Some(state.to_path_buf()),
+        extra: [
+            "--durability",
+            "log",
+            "--checkpoint-interval",
+            checkpoint,
+            "--workers",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Options::default()
+    })
+}
+
+/// Delivers one message to `user`; returns its id.
+fn deliver(server: &Server, user: &str, body: &str) -> String {
+    let mut c = Plain::greeted(server.plain[0]);
+    c.command("MAIL FROM:<a@client.test>", "250");
+    c.command(&format!("RCPT TO:<{user}@{DOMAIN}>"), "250");
+    c.command("DATA", "354");
+    c.send(&crlf(body));
+    c.send(".\r\n");
+    let id = queue_id(&c.expect("250"));
+    c.command("QUIT", "221");
+    id
+}
+
+fn files(server: &Server, user: &str) -> Vec<PathBuf> {
+    let dir = server.maildir.join(DOMAIN).join(user).join("new");
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// As a power loss would: no process gets to run another instruction.
+/// The supervisor is stopped first (so it replaces nobody), its children
+/// killed (before the supervisor's death could send them the SIGTERM of
+/// PR_SET_PDEATHSIG, after which a worker stops cleanly, checkpoint
+/// included), then the supervisor.
+fn kill_everything(server: &mut Server) {
+    server.signal("STOP");
+    let children = children(server.child.id());
+    for &pid in &children {
+        signal(pid, "KILL");
+    }
+    for pid in &children {
+        while Path::new(&format!("/proc/{pid}/status")).exists()
+            && !fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
+                .contains("State:\tZ")
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    server.signal("KILL");
+    server.wait_exit(WAIT);
+}
+
+#[test]
+fn files_a_power_loss_emptied_or_took_come_back_from_the_log() {
+    let state = scratch_dir("wal");
+    let mut server = log_server(&state, "3600");
+    deliver(&server, "alice", "Subject: one\n\nfirst\n");
+    deliver(&server, "alice", "Subject: two\n\nsecond\n");
+    let paths = files(&server, "alice");
+    assert_eq!(paths.len(), 2);
+    let originals: Vec<Vec<u8>> = paths.iter().map(|p| fs::read(p).unwrap()).collect();
+    assert!(state.join("wal/worker-0").is_dir());
+    // No checkpoint for an hour: both messages are only in the log and in
+    // unsynced files when everything dies.
+    kill_everything(&mut server);
+    fs::write(&paths[0], b"").unwrap();
+    fs::remove_file(&paths[1]).unwrap();
+    let mut again = log_server(&state, "3600");
+    let log = again.wait_log("recovery from");
+    assert!(
+        log.contains("2 message(s) after the last checkpoint, 2 file(s) rewritten"),
+        "{log}"
+    );
+    for (path, original) in paths.iter().zip(&originals) {
+        assert_eq!(&fs::read(path).unwrap(), original, "{}", path.display());
+    }
+    assert_eq!(files(&again, "alice").len(), 2, "nothing twice");
+    // Recovery ended with a checkpoint: a later start has nothing to do.
+    again.signal("TERM");
+    again.wait_exit(WAIT);
+    let third = log_server(&state, "3600");
+    deliver(&third, "bob", "Subject: three\n\nthird\n");
+    assert!(!third.log().contains("recovery from"), "{}", third.log());
+    assert_eq!(files(&third, "alice").len(), 2);
+}
+
+#[test]
+fn a_checkpoint_frees_the_log_and_a_clean_stop_leaves_nothing_to_replay() {
+    let state = scratch_dir("wal-checkpoint");
+    let mut server = log_server(&state, "1");
+    for n in 0..5 {
+        deliver(&server, "carol", &format!("Subject: {n}\n\nx\n"));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    server.signal("TERM");
+    server.wait_exit(WAIT);
+    let again = log_server(&state, "1");
+    deliver(&again, "carol", "Subject: after\n\nx\n");
+    assert!(!again.log().contains("recovery from"), "{}", again.log());
+    assert_eq!(files(&again, "carol").len(), 6);
+}
