@@ -23,6 +23,41 @@ fn plain_server() -> Server {
     })
 }
 
+/// With `--durability log`, checkpoints far apart: only the log's
+/// fdatasync can make a message durable in time for its 250.
+fn log_server() -> Server {
+    Server::with(Options {
+        implicit: false,
+        extra: ["--durability", "log", "--checkpoint-interval", "3600"]
+            .map(String::from)
+            .to_vec(),
+        ..Options::default()
+    })
+}
+
+/// CLIENTS clients each deliver MESSAGES messages, one after the other.
+fn deliver_all(server: &Server, user: &str, messages: usize) {
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let mut c = at_data(server, user);
+            let rcpt = format!("{user}@example.org");
+            thread::spawn(move || {
+                for m in 0..messages {
+                    if m > 0 {
+                        c.start_data(&rcpt);
+                    }
+                    c.send(&format!("{}.\r\n", body(i, m)));
+                    c.expect("250 2.0.0 OK");
+                }
+                c.command("QUIT", "221");
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+}
+
 /// A connection that has been answered 354 and may send content.
 fn at_data(server: &Server, user: &str) -> Plain {
     let mut c = Plain::greeted(server.plain[0]);
@@ -166,8 +201,8 @@ fn message_file(call: &Call) -> Option<String> {
 }
 
 /// Runs `strace` attached to every worker of the server while `work`
-/// runs; returns each worker's calls, in its own order.
-fn traced(server: &Server, trace: &Path, work: impl FnOnce()) -> Vec<Vec<Call>> {
+/// runs; returns each worker's pid and calls, in its own order.
+fn traced(server: &Server, trace: &Path, work: impl FnOnce()) -> Vec<(u32, Vec<Call>)> {
     let workers = server.workers();
     let mut strace = Command::new("strace")
         // Strings long enough for whole paths, so that named tmp files are
@@ -178,7 +213,7 @@ fn traced(server: &Server, trace: &Path, work: impl FnOnce()) -> Vec<Vec<Call>> 
         .arg(trace)
         .args([
             "-e",
-            "trace=openat,close,write,sendto,link,linkat,syncfs,fsync,fdatasync",
+            "trace=openat,close,write,pwrite64,sendto,link,linkat,syncfs,fsync,fdatasync",
         ])
         .args(
             workers
@@ -201,8 +236,10 @@ fn traced(server: &Server, trace: &Path, work: impl FnOnce()) -> Vec<Vec<Call>> 
     strace.wait().unwrap();
     workers
         .iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("{}.{pid}", trace.display())).ok())
-        .map(|text| parse_trace(&text))
+        .filter_map(|&pid| {
+            let text = std::fs::read_to_string(format!("{}.{pid}", trace.display())).ok()?;
+            Some((pid, parse_trace(&text)))
+        })
         .collect()
 }
 
@@ -211,30 +248,11 @@ fn no_250_is_sent_before_its_message_is_synced() {
     const MESSAGES: usize = 3;
     let server = plain_server();
     let trace = scratch_dir("strace").join("trace");
-    let traces = traced(&server, &trace, || {
-        let workers: Vec<_> = (0..CLIENTS)
-            .map(|i| {
-                let mut c = at_data(&server, "traced");
-                thread::spawn(move || {
-                    for m in 0..MESSAGES {
-                        if m > 0 {
-                            c.start_data("traced@example.org");
-                        }
-                        c.send(&format!("{}.\r\n", body(i, m)));
-                        c.expect("250 2.0.0 OK");
-                    }
-                    c.command("QUIT", "221");
-                })
-            })
-            .collect();
-        for w in workers {
-            w.join().unwrap();
-        }
-    });
+    let traces = traced(&server, &trace, || deliver_all(&server, "traced", MESSAGES));
     assert_eq!(server.mailbox("traced").len(), CLIENTS * MESSAGES);
     // Each worker on its own: the syncs that count are its own.
     let (mut oks, mut links, mut syncs, mut served) = (0, 0, 0, 0);
-    for calls in &traces {
+    for (_, calls) in &traces {
         let (o, l, s) = check_worker(calls);
         (oks, links, syncs) = (oks + o, links + l, syncs + s);
         served += usize::from(o > 0);
@@ -318,4 +336,86 @@ fn check_worker(calls: &[Call]) -> (usize, usize, usize) {
         }
     }
     (oks, links, syncs)
+}
+
+#[test]
+fn with_the_log_no_250_is_sent_before_the_fdatasync_that_covers_it() {
+    const MESSAGES: usize = 3;
+    let server = log_server();
+    let trace = scratch_dir("strace-log").join("trace");
+    // The workers opened their logs when they started, before the trace.
+    let log_fds = |pid: u32| -> HashSet<String> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let target = std::fs::read_link(e.path()).ok()?;
+                target
+                    .to_string_lossy()
+                    .contains("/wal/")
+                    .then(|| e.file_name().to_string_lossy().into_owned())
+            })
+            .collect()
+    };
+    let fds: HashMap<u32, HashSet<String>> = server
+        .workers()
+        .into_iter()
+        .map(|pid| (pid, log_fds(pid)))
+        .collect();
+    assert!(
+        fds.values().all(|f| !f.is_empty()),
+        "every worker holds its log: {fds:?}"
+    );
+    let traces = traced(&server, &trace, || deliver_all(&server, "logged", MESSAGES));
+    assert_eq!(server.mailbox("logged").len(), CLIENTS * MESSAGES);
+    let (mut oks, mut syncs) = (0, 0);
+    for (pid, calls) in &traces {
+        let (o, s) = check_logged_worker(calls, fds[pid].clone());
+        oks += o;
+        syncs += s;
+    }
+    assert_eq!(oks, CLIENTS * MESSAGES, "every 250 was seen in the trace");
+    eprintln!("{oks} messages, {syncs} fdatasync calls of the log");
+}
+
+/// Checks one process's calls under `--durability log`: every 250 comes
+/// after its message was linked, then written into the log, then the log
+/// fdatasync'd; no syncfs or per-message fsync is needed for it.
+/// Returns (250s, fdatasync calls of the log).
+fn check_logged_worker(calls: &[Call], mut log_fds: HashSet<String>) -> (usize, usize) {
+    let (mut oks, mut syncs) = (0, 0);
+    for (i, call) in calls.iter().enumerate() {
+        match call.name.as_str() {
+            "openat" if first_path(call).contains("/wal/") && !call.result.starts_with('-') => {
+                log_fds.insert(call.result.clone());
+            }
+            "fdatasync" if log_fds.contains(first_arg(call)) && call.result == "0" => syncs += 1,
+            "sendto" => {
+                let replies = call.args.matches("250 2.0.0 OK id=").count();
+                if replies == 0 {
+                    continue;
+                }
+                oks += replies;
+                let before = &calls[..i];
+                let link = before
+                    .iter()
+                    .rposition(|c| c.name.starts_with("link") && c.result == "0")
+                    .expect("a 250 before any message was linked");
+                let logged = before[link..]
+                    .iter()
+                    .rposition(|c| c.name == "pwrite64" && log_fds.contains(first_arg(c)))
+                    .map(|at| at + link)
+                    .unwrap_or_else(|| panic!("250 before its record was written: {}", call.args));
+                assert!(
+                    before[logged..].iter().any(|c| c.name == "fdatasync"
+                        && log_fds.contains(first_arg(c))
+                        && c.result == "0"),
+                    "250 before the log's fdatasync: {}",
+                    call.args
+                );
+            }
+            _ => {}
+        }
+    }
+    (oks, syncs)
 }
