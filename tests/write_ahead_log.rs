@@ -124,3 +124,108 @@ fn a_checkpoint_frees_the_log_and_a_clean_stop_leaves_nothing_to_replay() {
     assert!(!again.log().contains("recovery from"), "{}", again.log());
     assert_eq!(files(&again, "carol").len(), 6);
 }
+
+/// One client's messages until the connection fails: the numbers of those
+/// answered 250.
+fn keep_delivering(addr: std::net::SocketAddr, client: usize) -> Vec<usize> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut acked = Vec::new();
+    let Ok(stream) = std::net::TcpStream::connect(addr) else {
+        return acked;
+    };
+    let _ = stream.set_read_timeout(Some(WAIT));
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut reply = |reader: &mut BufReader<std::net::TcpStream>| -> Option<String> {
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            if line.as_bytes().get(3) == Some(&b' ') {
+                return Some(line);
+            }
+        }
+    };
+    if reply(&mut reader).is_none() || writer.write_all(b"EHLO client.test\r\n").is_err() {
+        return acked;
+    }
+    if !reply(&mut reader).is_some_and(|r| r.starts_with("250")) {
+        return acked;
+    }
+    for m in 0.. {
+        let body = kill_body(client, m);
+        let commands = format!("MAIL FROM:<a@client.test>\r\nRCPT TO:<load@{DOMAIN}>\r\nDATA\r\n");
+        let content = format!("{}.\r\n", crlf(&body));
+        for (send, expected) in [
+            (commands, &["250", "250", "354"][..]),
+            (content, &["250"][..]),
+        ] {
+            if writer.write_all(send.as_bytes()).is_err() {
+                return acked;
+            }
+            for code in expected {
+                match reply(&mut reader) {
+                    Some(r) if r.starts_with(code) => {}
+                    _ => return acked,
+                }
+            }
+        }
+        acked.push(m);
+    }
+    acked
+}
+
+fn kill_body(client: usize, m: usize) -> String {
+    format!(
+        "Subject: {client}/{m}\n\nclient {client} message {m}\n{}\n",
+        "x".repeat(64 * (m % 7))
+    )
+}
+
+#[test]
+fn a_worker_killed_under_load_leaves_every_acknowledged_message_once_and_nothing_partial() {
+    let state = scratch_dir("wal-kill");
+    let server = log_server(&state, "3600");
+    let addr = server.plain[0];
+    let clients: Vec<_> = (0..4)
+        .map(|i| std::thread::spawn(move || keep_delivering(addr, i)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    let victims = server.workers();
+    for &pid in &victims {
+        signal(pid, "KILL");
+    }
+    let acked: Vec<Vec<usize>> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let total: usize = acked.iter().map(Vec::len).sum();
+    assert!(total > 10, "the load ran: {total} messages acknowledged");
+    // The replacement worker replays the log before it serves anyone.
+    let start = std::time::Instant::now();
+    while server.workers().iter().all(|p| victims.contains(p)) {
+        assert!(start.elapsed() < WAIT, "no replacement worker");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.wait_log("recovery from");
+    let stored: Vec<String> = files(&server, "load")
+        .iter()
+        .map(|p| stored_body(&fs::read(p).unwrap()).1)
+        .collect();
+    for (client, messages) in acked.iter().enumerate() {
+        for &m in messages {
+            let body = kill_body(client, m);
+            let copies = stored.iter().filter(|s| s.ends_with(&body)).count();
+            assert_eq!(copies, 1, "message {client}/{m}: {copies} copies");
+        }
+    }
+    // Nothing else but at most the message each client had in flight,
+    // and that only whole.
+    for s in &stored {
+        let whole = (0..4).any(|c| (0..=acked[c].len()).any(|m| s.ends_with(&kill_body(c, m))));
+        assert!(whole, "a stored message that is not one sent whole: {s:?}");
+    }
+    assert!(
+        stored.len() <= total + 4,
+        "{} stored, {total} acknowledged",
+        stored.len()
+    );
+}
