@@ -136,7 +136,7 @@ fn keep_delivering(addr: std::net::SocketAddr, client: usize) -> Vec<usize> {
     let _ = stream.set_read_timeout(Some(WAIT));
     let mut writer = stream.try_clone().unwrap();
     let mut reader = BufReader::new(stream);
-    let mut reply = |reader: &mut BufReader<std::net::TcpStream>| -> Option<String> {
+    let reply = |reader: &mut BufReader<std::net::TcpStream>| -> Option<String> {
         loop {
             let mut line = String::new();
             if reader.read_line(&mut line).ok()? == 0 {
