@@ -941,6 +941,36 @@ mod tests {
     }
 
     #[test]
+    fn durability_flags() {
+        assert_eq!(run(&[]).unwrap().durability, Durability::Sync);
+        assert_eq!(
+            run(&["--durability", "log"]).unwrap().durability,
+            Durability::Log {
+                dir: PathBuf::from("./gsmtpd-state/wal"),
+                checkpoint: Duration::from_secs(2),
+            }
+        );
+        assert_eq!(
+            run(&[
+                "--durability",
+                "log",
+                "--wal-dir",
+                "/var/lib/gsmtpd-wal",
+                "--checkpoint-interval",
+                "10"
+            ])
+            .unwrap()
+            .durability,
+            Durability::Log {
+                dir: PathBuf::from("/var/lib/gsmtpd-wal"),
+                checkpoint: Duration::from_secs(10),
+            }
+        );
+        assert!(error(&["--durability", "fsync"]).starts_with("--durability:"));
+        assert!(error(&["--checkpoint-interval", "0"]).starts_with("--checkpoint-interval:"));
+    }
+
+    #[test]
     fn resumption_flags() {
         let c = run(&[
             "--no-tickets",
