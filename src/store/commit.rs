@@ -94,6 +94,13 @@ pub(super) fn commit_with(
     sync_phase(&mut batch, durability);
     each_live(&mut batch, |delivery| delivery.sync_foreign_dirs());
     let mut results: Vec<io::Result<Vec<PathBuf>>> = (0..count).map(|_| Ok(Vec::new())).collect();
+    settle(batch, &mut results);
+    results
+}
+
+/// Each message's outcome into `results` (indexed by message): its final
+/// paths, or the first failure of its parts.
+fn settle(batch: Vec<(usize, Entry)>, results: &mut [io::Result<Vec<PathBuf>>]) {
     for (unit, entry) in batch {
         match (entry, &mut results[unit]) {
             (Entry::Live(delivery), Ok(paths)) => paths.extend(delivery.delivered()),
@@ -102,7 +109,6 @@ pub(super) fn commit_with(
             (_, Err(_)) => {}
         }
     }
-    results
 }
 
 /// `--durability log`: the group's Maildir files are written and linked
@@ -137,13 +143,7 @@ pub fn commit_logged(
     each_live(&mut batch, Delivery::finish_writing);
     each_live(&mut batch, Delivery::publish);
     log_group(&mut batch, log);
-    for (unit, entry) in batch {
-        match (entry, &mut results[unit]) {
-            (Entry::Live(delivery), Ok(paths)) => paths.extend(delivery.delivered()),
-            (Entry::Failed(e), result @ Ok(_)) => *result = Err(e),
-            (_, Err(_)) => {}
-        }
-    }
+    settle(batch, &mut results);
     results
 }
 
