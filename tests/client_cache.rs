@@ -208,9 +208,7 @@ fn a_next_hop_with_new_keys_gets_a_full_handshake_and_the_stale_session_is_repla
     delivered_line(&sender, &id);
     // A restarted gsmtpd has fresh ticket keys (memory only): the cached
     // ticket no longer decrypts.
-    next_hop.signal("TERM");
-    next_hop.wait_exit(WAIT);
-    let next_hop = receiver(&["--listen", &listen]);
+    let next_hop = restart_receiver(&mut next_hop, &listen, &[]);
     let id = submit(
         &sender,
         "a@client.test",

@@ -55,7 +55,9 @@ impl Resumption {
                 // Not resumed: the server's keys changed, or it forgot.
                 cache.forget(&self.key);
             }
-            let checked = session.ocsp_checked();
+            // No staple, nothing to check: the chain is only verified
+            // (without `verify`) to judge a staple that came.
+            let checked = session.stapled() && session.ocsp_checked();
             self.ocsp_until = if checked {
                 session.staple_next_update()
             } else {
