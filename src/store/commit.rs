@@ -147,41 +147,18 @@ pub fn commit_logged(
     results
 }
 
-/// One record per live message, then one commit of the log: every live
-/// message fails with it (its names in `new/` removed) if it fails.
+/// One record per live delivery (a message logged here has just its
+/// Maildir one), then one commit of the log: every live message fails
+/// with it (its names in `new/` removed) if it fails.
 fn log_group(batch: &mut [(usize, Entry)], log: &mut crate::wal::Log) {
-    let mut units: Vec<usize> = batch.iter().map(|(unit, _)| *unit).collect();
-    units.dedup();
-    for unit in units {
-        let mut files = Vec::new();
-        let mut failed = None;
-        for (u, entry) in batch.iter() {
-            if let (true, Entry::Live(delivery)) = (*u == unit, entry) {
-                match delivery.logged_files() {
-                    Ok(more) => files.extend(more),
-                    Err(e) => failed = Some(e),
-                }
-            }
-        }
+    each_live(batch, |delivery| {
         let mut payload = Vec::new();
-        let encoded = crate::wal::Entry::Message(crate::wal::LoggedMessage { files })
+        crate::wal::Entry::Message(delivery.logged()?)
             .encode(&mut payload)
-            .map_err(|e| io::Error::other(e.to_string()));
-        if let Some(e) = failed.or(encoded.err()) {
-            for (u, entry) in batch.iter_mut() {
-                if *u == unit && matches!(entry, Entry::Live(_)) {
-                    entry.fail(io::Error::new(e.kind(), format!("write-ahead log: {e}")));
-                }
-            }
-            continue;
-        }
-        if batch
-            .iter()
-            .any(|(u, e)| *u == unit && matches!(e, Entry::Live(_)))
-        {
-            log.append(&payload);
-        }
-    }
+            .map_err(|e| io::Error::other(format!("write-ahead log: {e}")))?;
+        log.append(&payload);
+        Ok(())
+    });
     if let Err(e) = log.commit() {
         for (_, entry) in batch.iter_mut() {
             if matches!(entry, Entry::Live(_)) {
@@ -209,7 +186,7 @@ impl Entry {
 
 /// Runs one step of the commit on every delivery still live, then fails
 /// the rest of every message of which a delivery failed.
-fn each_live(batch: &mut [(usize, Entry)], step: impl Fn(&mut Delivery) -> io::Result<()>) {
+fn each_live(batch: &mut [(usize, Entry)], mut step: impl FnMut(&mut Delivery) -> io::Result<()>) {
     for (_, entry) in batch.iter_mut() {
         if let Entry::Live(delivery) = entry
             && let Err(e) = step(delivery)

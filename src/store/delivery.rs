@@ -275,20 +275,16 @@ impl Delivery {
     }
 
     /// What a write-ahead log record holds of this delivery, once
-    /// published: every name it has in a `new/` with the file's bytes.
-    pub(super) fn logged_files(&self) -> io::Result<Vec<crate::wal::LoggedFile>> {
+    /// published: every name it has in a `new/`, and the file's bytes.
+    pub(super) fn logged(&self) -> io::Result<crate::wal::LoggedMessage> {
         use std::os::unix::fs::FileExt;
         let file = self.file.as_ref().ok_or_else(finished)?;
         let mut content = vec![0u8; usize::try_from(self.size).map_err(io::Error::other)?];
         file.read_exact_at(&mut content, 0)?;
-        Ok(self
-            .linked
-            .iter()
-            .map(|path| crate::wal::LoggedFile {
-                path: path.clone(),
-                content: content.clone(),
-            })
-            .collect())
+        Ok(crate::wal::LoggedMessage {
+            paths: self.linked.clone(),
+            content,
+        })
     }
 
     /// The message is on stable storage in every `new/`.

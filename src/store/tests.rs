@@ -859,9 +859,8 @@ fn log_commit_links_the_group_and_logs_each_file_with_its_bytes() {
     let restore = crate::wal::to_restore(&records).unwrap();
     assert_eq!(restore.len(), 3, "a record per message");
     for ((_, message), path) in restore.iter().zip(&paths) {
-        assert_eq!(message.files.len(), 1);
-        assert_eq!(&message.files[0].path, path);
-        assert_eq!(message.files[0].content, fs::read(path).unwrap());
+        assert_eq!(message.paths, std::slice::from_ref(path));
+        assert_eq!(message.content, fs::read(path).unwrap());
         assert!(path.starts_with(&root) && path.parent().unwrap().ends_with("new"));
     }
     assert!(unnamed_tmp_files(&root).is_empty());
@@ -894,7 +893,7 @@ fn a_message_with_a_queue_file_takes_the_syncfs_way_beside_the_log() {
     let (_, records) = crate::wal::Log::open(&tmp.path().join("wal"), 64 * 1024).unwrap();
     let restore = crate::wal::to_restore(&records).unwrap();
     assert_eq!(restore.len(), 1, "only the Maildir message is logged");
-    assert!(restore[0].1.files[0].path.starts_with(&root));
+    assert!(restore[0].1.paths[0].starts_with(&root));
 }
 
 #[test]

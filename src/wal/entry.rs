@@ -1,13 +1,13 @@
 //! Payloads: what a record says.
 //!
 //! ```text
-//! message:    1u8 | files u16 | per file: path length u16, path, content length u32, content
+//! message:    1u8 | paths u16 | per path: length u16, path | content length u32, content
 //! checkpoint: 2u8 | upto u64
 //! ```
 //!
-//! little-endian. A message's files are everything its group commit
-//! linked: a Maildir file in each of its mailboxes and its queue file,
-//! each with its own content, so that replay is a plain loop.
+//! little-endian. A message's paths are every name its group commit
+//! linked (a Maildir file in each of its mailboxes, all one content), so
+//! its bytes are logged once however many mailboxes it went to.
 
 use std::fmt;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -16,17 +16,12 @@ use std::path::PathBuf;
 const MESSAGE: u8 = 1;
 const CHECKPOINT: u8 = 2;
 
-/// One file of a logged message: where it is linked, and its bytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LoggedFile {
-    pub path: PathBuf,
-    pub content: Vec<u8>,
-}
-
-/// A message as the log holds it: every file its commit made.
+/// A message as the log holds it: every name its commit linked, and the
+/// bytes each of them holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoggedMessage {
-    pub files: Vec<LoggedFile>,
+    pub paths: Vec<PathBuf>,
+    pub content: Vec<u8>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,20 +53,20 @@ impl Entry {
             }
             Entry::Message(message) => {
                 out.push(MESSAGE);
-                let files = u16::try_from(message.files.len())
-                    .map_err(|_| EntryError("too many files in one message".into()))?;
-                out.extend_from_slice(&files.to_le_bytes());
-                for file in &message.files {
-                    let path = file.path.as_os_str().as_bytes();
-                    let path_len = u16::try_from(path.len())
+                let paths = u16::try_from(message.paths.len())
+                    .map_err(|_| EntryError("too many paths in one message".into()))?;
+                out.extend_from_slice(&paths.to_le_bytes());
+                for path in &message.paths {
+                    let path = path.as_os_str().as_bytes();
+                    let len = u16::try_from(path.len())
                         .map_err(|_| EntryError("path too long".into()))?;
-                    let content_len = u32::try_from(file.content.len())
-                        .map_err(|_| EntryError("file too large".into()))?;
-                    out.extend_from_slice(&path_len.to_le_bytes());
+                    out.extend_from_slice(&len.to_le_bytes());
                     out.extend_from_slice(path);
-                    out.extend_from_slice(&content_len.to_le_bytes());
-                    out.extend_from_slice(&file.content);
                 }
+                let content_len = u32::try_from(message.content.len())
+                    .map_err(|_| EntryError("message too large".into()))?;
+                out.extend_from_slice(&content_len.to_le_bytes());
+                out.extend_from_slice(&message.content);
             }
         }
         Ok(())
@@ -83,16 +78,16 @@ impl Entry {
             CHECKPOINT => Entry::Checkpoint { upto: r.u64()? },
             MESSAGE => {
                 let count = r.u16()?;
-                let mut files = Vec::with_capacity(usize::from(count));
+                let mut paths = Vec::with_capacity(usize::from(count));
                 for _ in 0..count {
-                    let path_len = usize::from(r.u16()?);
-                    let path =
-                        PathBuf::from(std::ffi::OsString::from_vec(r.take(path_len)?.to_vec()));
-                    let content_len = r.u32()? as usize;
-                    let content = r.take(content_len)?.to_vec();
-                    files.push(LoggedFile { path, content });
+                    let len = usize::from(r.u16()?);
+                    paths.push(PathBuf::from(std::ffi::OsString::from_vec(
+                        r.take(len)?.to_vec(),
+                    )));
                 }
-                Entry::Message(LoggedMessage { files })
+                let content_len = r.u32()? as usize;
+                let content = r.take(content_len)?.to_vec();
+                Entry::Message(LoggedMessage { paths, content })
             }
             other => return Err(EntryError(format!("unknown entry kind {other}"))),
         };

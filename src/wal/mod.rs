@@ -27,7 +27,7 @@
 //! every MTA has (RFC 1047), never a lost or partial message.
 //!
 //! Payloads ([`Entry`]): a message (the final paths of its files in `new/`
-//! and in the queue, and their content), or a checkpoint (every message
+//! and their content, once), or a checkpoint (every message
 //! up to a sequence number is durable in its files, so replay may skip
 //! it).
 
@@ -39,7 +39,7 @@ mod segments;
 #[cfg(test)]
 mod tests;
 
-pub use entry::{Entry, EntryError, LoggedFile, LoggedMessage};
+pub use entry::{Entry, EntryError, LoggedMessage};
 pub use record::{HEADER_LEN, MAGIC, Record, Scan, encode, scan};
 pub use restore::{Restored, restore};
 pub use segments::Log;

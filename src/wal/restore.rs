@@ -38,14 +38,14 @@ pub fn restore(messages: &[(u64, LoggedMessage)], unique: &str) -> io::Result<Re
     let mut restored = Restored::default();
     let mut devices: Vec<(u64, PathBuf)> = Vec::new();
     for (sequence, message) in messages {
-        for (n, file) in message.files.iter().enumerate() {
-            let target = found(&file.path)?.unwrap_or_else(|| file.path.clone());
-            if fs::read(&target).is_ok_and(|bytes| bytes == file.content) {
+        for (n, path) in message.paths.iter().enumerate() {
+            let target = found(path)?.unwrap_or_else(|| path.clone());
+            if fs::read(&target).is_ok_and(|bytes| bytes == message.content) {
                 restored.intact += 1;
                 continue;
             }
-            let tmp = tmp_dir(&file.path)?.join(format!("{unique}.R{sequence}.{n}"));
-            write_new(&tmp, &file.content)?;
+            let tmp = tmp_dir(path)?.join(format!("{unique}.R{sequence}.{n}"));
+            write_new(&tmp, &message.content)?;
             fs::rename(&tmp, &target)?;
             let device = fs::metadata(&target)?.dev();
             if !devices.iter().any(|(d, _)| *d == device) {

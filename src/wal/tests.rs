@@ -26,18 +26,18 @@ impl Lcg {
 }
 
 fn message(rng: &mut Lcg, n: u64) -> LoggedMessage {
-    let files = (0..1 + n % 3)
+    let paths = (0..1 + n % 3)
         .map(|f| {
-            let len = rng.next() as usize % 300;
-            LoggedFile {
-                path: PathBuf::from(format!(
-                    "/var/mail/d/u{f}/new/17000000{n:02}.M1P2Q{n}.mx,S=9"
-                )),
-                content: rng.bytes(len),
-            }
+            PathBuf::from(format!(
+                "/var/mail/d/u{f}/new/17000000{n:02}.M1P2Q{n}.mx,S=9"
+            ))
         })
         .collect();
-    LoggedMessage { files }
+    let len = rng.next() as usize % 300;
+    LoggedMessage {
+        paths,
+        content: rng.bytes(len),
+    }
 }
 
 /// A run: messages 1 to 12 with checkpoints after the 4th and the 9th
@@ -188,7 +188,10 @@ fn entries_round_trip_and_bad_ones_are_errors() {
     let mut rng = Lcg(3);
     for entry in [
         Entry::Message(message(&mut rng, 2)),
-        Entry::Message(LoggedMessage { files: vec![] }),
+        Entry::Message(LoggedMessage {
+            paths: vec![],
+            content: vec![],
+        }),
         Entry::Checkpoint { upto: u64::MAX },
     ] {
         let mut payload = Vec::new();
@@ -351,9 +354,9 @@ fn maildir(root: &std::path::Path, user: &str) -> PathBuf {
     mailbox
 }
 
-fn logged(path: PathBuf, content: &[u8]) -> LoggedFile {
-    LoggedFile {
-        path,
+fn logged(paths: &[&PathBuf], content: &[u8]) -> LoggedMessage {
+    LoggedMessage {
+        paths: paths.iter().map(|p| p.to_path_buf()).collect(),
         content: content.to_vec(),
     }
 }
@@ -378,30 +381,10 @@ fn restore_puts_back_what_a_power_loss_took_and_nothing_twice() {
     std::fs::write(&moved_short_to, b"fi").unwrap();
     let inode = std::fs::metadata(&whole).unwrap().ino();
     let messages = vec![
-        (
-            1,
-            LoggedMessage {
-                files: vec![logged(whole.clone(), b"one\n\n")],
-            },
-        ),
-        (
-            2,
-            LoggedMessage {
-                files: vec![
-                    logged(short.clone(), b"two\n\n"),
-                    logged(missing.clone(), b"two\n\n"),
-                ],
-            },
-        ),
-        (
-            3,
-            LoggedMessage {
-                files: vec![
-                    logged(moved.clone(), b"four\n"),
-                    logged(moved_short.clone(), b"five\n"),
-                ],
-            },
-        ),
+        (1, logged(&[&whole], b"one\n\n")),
+        (2, logged(&[&short, &missing], b"two\n\n")),
+        (3, logged(&[&moved], b"four\n")),
+        (4, logged(&[&moved_short], b"five\n")),
     ];
     let restored = restore(&messages, "test").unwrap();
     assert_eq!(restored.intact, 2, "{restored:?}");
