@@ -2,7 +2,7 @@
 //! Nothing downstream looks at flags again.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -92,6 +92,10 @@ pub struct Config {
     pub relay_from: HostList,
     pub sending: Sending,
     pub durability: Durability,
+    /// `--wal-dir`: the write-ahead logs (`worker-N`, `delivery`). Read at
+    /// start under either `--durability`, so that what a log holds is
+    /// recovered after a switch back to `sync`.
+    pub wal_dir: PathBuf,
 }
 
 /// How a group commit makes its messages durable before their 250s.
@@ -99,10 +103,11 @@ pub struct Config {
 pub enum Durability {
     /// `sync`: every file and name synced (`syncfs` twice per group).
     Sync,
-    /// `log`: Maildir files linked unsynced and their records made durable
-    /// in a write-ahead log (one `fdatasync` per group), each worker's in
-    /// `dir/worker-N`; a checkpoint syncs the files every `checkpoint`.
-    Log { dir: PathBuf, checkpoint: Duration },
+    /// `log`: files linked unsynced and their records made durable in a
+    /// write-ahead log (one `fdatasync` per group), each process's own
+    /// under `Config::wal_dir`; a checkpoint syncs the files every
+    /// `checkpoint`.
+    Log { checkpoint: Duration },
 }
 
 /// How mail for other domains is sent onward.
@@ -572,7 +577,11 @@ fn build(m: &Matches) -> Result<Config, UsageError> {
         Some(name) => Some(Account::lookup(&name).map_err(|e| UsageError(format!("--user: {e}")))?),
         None => None,
     };
-    let durability = durability(m, &state_dir)?;
+    let durability = durability(m)?;
+    let wal_dir = m
+        .opt_str("wal-dir")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| state_dir.join("wal"));
     Ok(Config {
         listen,
         listen_tls,
@@ -600,18 +609,15 @@ fn build(m: &Matches) -> Result<Config, UsageError> {
         relay_from,
         sending,
         durability,
+        wal_dir,
     })
 }
 
-fn durability(m: &Matches, state_dir: &Path) -> Result<Durability, UsageError> {
+fn durability(m: &Matches) -> Result<Durability, UsageError> {
     let checkpoint = seconds(m, "checkpoint-interval", 2)?;
-    let dir = m
-        .opt_str("wal-dir")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| state_dir.join("wal"));
     match m.opt_str("durability").as_deref() {
         None | Some("sync") => Ok(Durability::Sync),
-        Some("log") => Ok(Durability::Log { dir, checkpoint }),
+        Some("log") => Ok(Durability::Log { checkpoint }),
         Some(other) => Err(UsageError(format!(
             "--durability: {other:?} is not sync or log"
         ))),
@@ -946,26 +952,29 @@ mod tests {
         assert_eq!(
             run(&["--durability", "log"]).unwrap().durability,
             Durability::Log {
-                dir: PathBuf::from("./gsmtpd-state/wal"),
                 checkpoint: Duration::from_secs(2),
             }
         );
         assert_eq!(
-            run(&[
-                "--durability",
-                "log",
-                "--wal-dir",
-                "/var/lib/gsmtpd-wal",
-                "--checkpoint-interval",
-                "10"
-            ])
-            .unwrap()
-            .durability,
+            run(&[]).unwrap().wal_dir,
+            PathBuf::from("./gsmtpd-state/wal")
+        );
+        let c = run(&[
+            "--durability",
+            "log",
+            "--wal-dir",
+            "/var/lib/gsmtpd-wal",
+            "--checkpoint-interval",
+            "10",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.durability,
             Durability::Log {
-                dir: PathBuf::from("/var/lib/gsmtpd-wal"),
                 checkpoint: Duration::from_secs(10),
             }
         );
+        assert_eq!(c.wal_dir, PathBuf::from("/var/lib/gsmtpd-wal"));
         assert!(error(&["--durability", "fsync"]).starts_with("--durability:"));
         assert!(error(&["--checkpoint-interval", "0"]).starts_with("--checkpoint-interval:"));
     }

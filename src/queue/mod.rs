@@ -11,6 +11,9 @@
 //!   never sent again, so that record is made durable before the `=>` or
 //!   `**` line is logged. A torn last line (a crash mid-append) is ignored.
 //! - `tmp/`: where a message is written before it has a name.
+//! - `held-N/`: under `--durability log`, worker N's queue files that
+//!   only its write-ahead log makes durable so far; its next checkpoint
+//!   moves them into `new/` (`crate::store::commit_logged`).
 //!
 //! A message whose recipients are all delivered or failed is removed.
 
@@ -172,6 +175,34 @@ impl QueueDir {
 
     pub fn log_path(&self, id: &str) -> PathBuf {
         self.root.join("log").join(id)
+    }
+
+    /// The name of worker `slot`'s held directory, under the root.
+    pub fn held_name(slot: usize) -> String {
+        format!("held-{slot}")
+    }
+
+    /// Moves every file of worker `slot`'s held directory into `new/`
+    /// (creating the directory if missing): the caller knows them durable
+    /// and covered by a checkpoint. Returns the ids moved.
+    pub fn release_held(&self, slot: usize) -> io::Result<Vec<String>> {
+        use std::os::unix::fs::DirBuilderExt;
+        let held = self.root.join(Self::held_name(slot));
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&held)?;
+        let mut moved = Vec::new();
+        for entry in fs::read_dir(&held)? {
+            let name = entry?.file_name();
+            let Some(id) = name.to_str().filter(|id| valid_id(id)) else {
+                continue;
+            };
+            fs::rename(held.join(id), self.message_path(id))?;
+            moved.push(id.to_string());
+        }
+        moved.sort();
+        Ok(moved)
     }
 
     /// Creates the directories (mode 0700) if missing.

@@ -166,7 +166,9 @@ fn queue_head(env: &Envelope, id: MessageId, hostname: &str, now: u64) -> Vec<u8
 /// How a group is made durable (`--durability`).
 pub enum GroupCommit<'a> {
     Sync,
-    Log(&'a mut crate::wal::Log),
+    /// The log, and the directory of the queue the worker holds its queue
+    /// files in until a checkpoint.
+    Log(&'a mut crate::wal::Log, &'a str),
     /// The log's checkpoints keep failing: nothing is acknowledged.
     Refused,
 }
@@ -177,8 +179,8 @@ pub type Outcome = (TimerKey, Result<String, SinkError>);
 
 /// Makes the queued messages durable together (one group commit) and
 /// returns each waiting connection's outcome: the id for its 250, or why
-/// its message is not stored; and the ids of those now in the queue, for
-/// the delivery process.
+/// its message is not stored; and the ids of those now in the queue (or,
+/// under the log, held for its next checkpoint).
 pub fn commit_queued(
     queue: Vec<Queued>,
     durability: GroupCommit<'_>,
@@ -191,7 +193,7 @@ pub fn commit_queued(
     }
     let results = match durability {
         GroupCommit::Sync => store::commit_all(deliveries),
-        GroupCommit::Log(log) => store::commit_logged(deliveries, log),
+        GroupCommit::Log(log, held) => store::commit_logged(deliveries, log, Some(held)),
         GroupCommit::Refused => deliveries
             .iter()
             .map(|_| {

@@ -13,6 +13,8 @@ mod timers;
 mod tls_context;
 mod worker_log;
 
+pub use worker_log::recover_all as recover_worker_logs;
+
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -185,9 +187,11 @@ impl Server {
         }
         let log = match &config.durability {
             Durability::Sync => None,
-            Durability::Log { dir, checkpoint } => Some(worker_log::WorkerLog::open(
-                &dir.join(format!("worker-{slot}")),
+            Durability::Log { checkpoint } => Some(worker_log::WorkerLog::open(
+                &config.wal_dir,
+                slot,
                 &config.maildir,
+                &QueueDir::new(&config.state_dir),
                 *checkpoint,
             )?),
         };
@@ -267,6 +271,8 @@ impl Server {
             let ending = self.shutting_down_done();
             if let Some(log) = self.shared.log.as_mut() {
                 log.checkpoint_if_due(self.shared.now, ending);
+                let released = log.take_released();
+                self.shared.announce_queued(released);
             }
             if ending {
                 return Ok(());
@@ -539,13 +545,15 @@ impl Server {
         let commit = match self.shared.log.as_mut() {
             None => delivery::GroupCommit::Sync,
             Some(log) => match log.for_commit() {
-                Some(log) => delivery::GroupCommit::Log(log),
+                Some((log, held)) => delivery::GroupCommit::Log(log, held),
                 None => delivery::GroupCommit::Refused,
             },
         };
-        let (outcomes, queued) = delivery::commit_queued(queue, commit);
+        let (outcomes, mut queued) = delivery::commit_queued(queue, commit);
         if let Some(log) = self.shared.log.as_mut() {
-            log.committed(self.shared.now);
+            // Held until the checkpoint, which announces them.
+            log.committed(self.shared.now, !queued.is_empty());
+            queued.clear();
         }
         for (key, outcome) in outcomes {
             let Some(conn) = self.conns.get_mut(key.slot) else {

@@ -1,59 +1,62 @@
 //! A worker's write-ahead log under `--durability log` (see `crate::wal`
-//! and `store::commit_logged`): recovery when the worker starts, and
-//! checkpoints.
+//! and `store::commit_logged`): recovery, checkpoints, and the queue
+//! files held until a checkpoint covers them.
 //!
-//! - Recovery, before the worker serves anyone: every message the log
-//!   holds after its last checkpoint has its Maildir files put back where
-//!   a power loss took them (`wal::restore`), then a checkpoint.
-//! - A checkpoint, every `--checkpoint-interval` while records wait: one
-//!   `syncfs` of the Maildir's file system makes the logged files durable
-//!   on their own; a checkpoint record then tells replay to skip them, and
-//!   the segments they filled are reused.
-//! - A checkpoint that fails keeps the records and is tried again at the
-//!   next interval. Failing [`MAX_FAILURES`] times in a row, the log
-//!   stops taking groups: their clients get a 4xx rather than a 250 that
-//!   rests on a file system that does not write.
+//! - Recovery, before the worker serves anyone (and, for every worker's
+//!   log, by the supervisor at start: [`recover_all`]): every message the
+//!   log holds after its last checkpoint has its files put back where a
+//!   power loss took them (`wal::restore`), then a checkpoint.
+//! - A checkpoint, every `--checkpoint-interval` while records wait (or
+//!   [`QUEUE_HOLD`] after a queue file was held): see
+//!   `wal::ProcessLog`. After it, the worker's held queue files
+//!   (`queue/held-N/`) move into `queue/new/` and are announced to the
+//!   delivery process. Only then may it send one and remove it: a queue
+//!   file it removed while a log record still named it would come back at
+//!   the next recovery, and go out twice.
 
-use std::fs::File;
-use std::io;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::wal::{self, Entry, Log};
+use crate::queue::QueueDir;
+use crate::wal::{self, Log, ProcessLog};
 
-/// Segment size: a checkpoint frees the log long before it fills one at
-/// the rates a worker takes mail.
-const SEGMENT_SIZE: u64 = 64 << 20;
-/// Failed checkpoints in a row after which groups are refused.
-pub const MAX_FAILURES: u32 = 3;
+/// How long a queue file waits at most for the checkpoint that lets the
+/// delivery process take it: relaying should not wait for the interval.
+pub const QUEUE_HOLD: Duration = Duration::from_millis(100);
 
 pub struct WorkerLog {
-    log: Log,
-    /// The Maildir root, to name its file system to `syncfs`.
-    maildir: File,
-    interval: Duration,
-    /// Records wait for a checkpoint since then.
-    dirty_since: Option<Instant>,
-    failures: u32,
+    log: ProcessLog,
+    queue: QueueDir,
+    slot: usize,
+    held: String,
+    /// Queue files moved into `new/`, not yet announced.
+    released: Vec<String>,
 }
 
 impl WorkerLog {
-    /// Opens the log in `dir` and recovers what it holds.
-    pub fn open(dir: &Path, maildir: &Path, interval: Duration) -> Result<WorkerLog, String> {
-        let what = |e: io::Error| format!("write-ahead log {}: {e}", dir.display());
-        let (log, records) = Log::open(dir, SEGMENT_SIZE).map_err(what)?;
-        let messages = wal::to_restore(&records).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let maildir = File::open(maildir).map_err(|e| format!("{}: {e}", maildir.display()))?;
+    /// Opens worker `slot`'s log under `wal_dir` and recovers what it
+    /// holds.
+    pub fn open(
+        wal_dir: &Path,
+        slot: usize,
+        maildir: &Path,
+        queue: &QueueDir,
+        interval: Duration,
+    ) -> Result<WorkerLog, String> {
+        let dir = wal_dir.join(format!("worker-{slot}"));
+        let (log, entries) = ProcessLog::open(&dir, &[maildir, queue.root()], interval)?;
         let mut worker_log = WorkerLog {
             log,
-            maildir,
-            interval,
-            dirty_since: None,
-            failures: 0,
+            queue: queue.clone(),
+            slot,
+            held: QueueDir::held_name(slot),
+            released: Vec::new(),
         };
-        if !messages.is_empty() {
-            let restored = wal::restore(&messages, &format!("recovery.P{}", std::process::id()))
-                .map_err(what)?;
+        if !entries.is_empty() {
+            let messages = wal::messages(&entries);
+            let what = |e: std::io::Error| format!("write-ahead log {}: {e}", dir.display());
+            let unique = format!("recovery.P{}", std::process::id());
+            let restored = wal::restore(&messages, &unique).map_err(what)?;
             for path in &restored.rewritten {
                 log::warn!(
                     "recovery: {} rewritten from the write-ahead log",
@@ -67,68 +70,201 @@ impl WorkerLog {
                 restored.rewritten.len(),
                 restored.intact
             );
-            worker_log.checkpoint().map_err(what)?;
+            worker_log.log.checkpoint().map_err(what)?;
         }
+        // Whatever is held now is covered: by the checkpoint just made,
+        // or by one that a crash kept from moving it on.
+        worker_log.release_held();
         Ok(worker_log)
     }
 
-    /// The log, for a group commit; None while checkpoints keep failing.
-    pub fn for_commit(&mut self) -> Option<&mut Log> {
-        (self.failures < MAX_FAILURES).then_some(&mut self.log)
+    /// The log and the held directory's name, for a group commit
+    /// (`store::commit_logged`); None while checkpoints keep failing.
+    pub fn for_commit(&mut self) -> Option<(&mut Log, &str)> {
+        let held = self.held.as_str();
+        self.log.for_commit().map(|log| (log, held))
     }
 
-    /// A group went into the log at `now`.
-    pub fn committed(&mut self, now: Instant) {
-        self.dirty_since.get_or_insert(now);
+    /// A group went into the log at `now`; `queued` if it held queue files.
+    pub fn committed(&mut self, now: Instant, queued: bool) {
+        self.log.committed(now);
+        if queued {
+            self.log.hurry(now + QUEUE_HOLD);
+        }
     }
 
     /// When the next checkpoint is due.
     pub fn next_due(&self) -> Option<Instant> {
-        self.dirty_since.map(|since| since + self.interval)
+        self.log.next_due()
     }
 
-    /// Checkpoints if one is due at `now` (or `now` is the end).
+    /// Checkpoints if one is due at `now` (or `now` is the end), then
+    /// moves the held queue files on.
     pub fn checkpoint_if_due(&mut self, now: Instant, ending: bool) {
-        let due = self.next_due().is_some_and(|at| ending || at <= now);
-        if !due {
-            return;
-        }
-        match self.checkpoint() {
-            Ok(()) => {
-                if self.failures > 0 {
-                    log::info!("write-ahead log: checkpoint succeeded again");
-                }
-                self.failures = 0;
-                self.dirty_since = None;
-            }
-            Err(e) => {
-                self.failures += 1;
-                // Tried again one interval later.
-                self.dirty_since = Some(now);
-                log::error!(
-                    "write-ahead log checkpoint failed ({} in a row{}): {e}",
-                    self.failures,
-                    if self.failures >= MAX_FAILURES {
-                        "; new messages get 4xx until one succeeds"
-                    } else {
-                        ""
-                    }
-                );
-            }
+        if self.log.checkpoint_if_due(now, ending) {
+            self.release_held();
         }
     }
 
-    /// Syncs the Maildir's file system, then records and frees what that
-    /// made durable.
-    fn checkpoint(&mut self) -> io::Result<()> {
-        let upto = self.log.next_sequence() - 1;
-        nix::unistd::syncfs(&self.maildir).map_err(io::Error::from)?;
-        let mut payload = Vec::new();
-        Entry::Checkpoint { upto }
-            .encode(&mut payload)
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        self.log.append(&payload);
-        self.log.commit()?;
-        self.log.release(upto)
+    /// The queue files moved into `new/` since last asked, for the
+    /// delivery process.
+    pub fn take_released(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.released)
+    }
+
+    fn release_held(&mut self) {
+        match self.queue.release_held(self.slot) {
+            Ok(ids) => self.released.extend(ids),
+            // Tried again after the next checkpoint, and at the next start.
+            Err(e) => log::error!(
+                "moving held queue files from {} into the queue: {e}",
+                self.held
+            ),
+        }
+    }
+}
+
+/// At start, before any worker runs: recovers every worker's log in
+/// `wal_dir`, those of worker slots no longer configured included, and
+/// moves every held queue file on.
+pub fn recover_all(
+    wal_dir: &Path,
+    maildir: &Path,
+    queue: &QueueDir,
+    interval: Duration,
+) -> Result<(), String> {
+    let entries = match std::fs::read_dir(wal_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("{}: {e}", wal_dir.display())),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("{}: {e}", wal_dir.display()))?;
+        let name = entry.file_name();
+        let Some(slot) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("worker-"))
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        let mut worker_log = WorkerLog::open(wal_dir, slot, maildir, queue, interval)?;
+        let released = worker_log.take_released();
+        if !released.is_empty() {
+            log::info!(
+                "recovery: {} queue file(s) of worker {slot} moved into the queue",
+                released.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::store::Store;
+    use crate::test_support::TempDir;
+
+    struct Setup {
+        _tmp: TempDir,
+        wal: std::path::PathBuf,
+        maildir: std::path::PathBuf,
+        queue: QueueDir,
+        store: Store,
+    }
+
+    fn setup() -> Setup {
+        let tmp = TempDir::new("worker-log");
+        let maildir = tmp.path().join("Maildir");
+        let queue = QueueDir::new(tmp.path());
+        queue.create().unwrap();
+        let store = Store::open(&maildir, "mx.example.org")
+            .unwrap()
+            .with_queue(queue.root());
+        Setup {
+            wal: tmp.path().join("wal"),
+            _tmp: tmp,
+            maildir,
+            queue,
+            store,
+        }
+    }
+
+    fn open(s: &Setup) -> WorkerLog {
+        WorkerLog::open(&s.wal, 0, &s.maildir, &s.queue, Duration::from_secs(3600)).unwrap()
+    }
+
+    /// Commits one queue file through the log; returns its id and bytes.
+    fn commit_queued(s: &mut Setup, log: &mut WorkerLog) -> (String, Vec<u8>) {
+        let id = s.store.next_id();
+        let mut delivery = s.store.begin_queued(id, b"gsmtpd-queue 1\n").unwrap();
+        delivery.write(b"Subject: away\r\n\r\nx\r\n").unwrap();
+        let (wal, held) = log.for_commit().unwrap();
+        let held = held.to_string();
+        let paths = crate::store::commit_logged(vec![vec![delivery]], wal, Some(&held))
+            .pop()
+            .unwrap()
+            .unwrap();
+        log.committed(Instant::now(), true);
+        (id.to_string(), fs::read(&paths[0]).unwrap())
+    }
+
+    #[test]
+    fn a_held_queue_file_moves_into_the_queue_only_after_a_checkpoint() {
+        let mut s = setup();
+        let mut log = open(&s);
+        let (id, _) = commit_queued(&mut s, &mut log);
+        let held = s.queue.root().join("held-0").join(&id);
+        assert!(held.is_file() && !s.queue.message_path(&id).exists());
+        let due = log.next_due().unwrap();
+        assert!(due <= Instant::now() + QUEUE_HOLD, "not the hour");
+        log.checkpoint_if_due(Instant::now(), false);
+        assert!(held.exists(), "not due yet");
+        log.checkpoint_if_due(due, false);
+        assert!(!held.exists() && s.queue.message_path(&id).is_file());
+        assert_eq!(log.take_released(), vec![id]);
+        assert_eq!(log.next_due(), None, "nothing waits");
+    }
+
+    #[test]
+    fn recovery_rewrites_a_held_queue_file_a_power_loss_emptied_and_releases_it() {
+        let mut s = setup();
+        let mut log = open(&s);
+        let (id, bytes) = commit_queued(&mut s, &mut log);
+        let (lost, _) = commit_queued(&mut s, &mut log);
+        drop(log);
+        // The power loss: one file came back empty, the other not at all.
+        fs::write(s.queue.root().join("held-0").join(&id), b"").unwrap();
+        fs::remove_file(s.queue.root().join("held-0").join(&lost)).unwrap();
+        let mut log = open(&s);
+        assert_eq!(fs::read(s.queue.message_path(&id)).unwrap(), bytes);
+        assert!(s.queue.message_path(&lost).is_file());
+        let mut released = log.take_released();
+        released.sort();
+        let mut want = vec![id, lost];
+        want.sort();
+        assert_eq!(released, want);
+        drop(log);
+        // Covered by recovery's checkpoint: nothing comes back twice.
+        let mut log = open(&s);
+        assert!(log.take_released().is_empty());
+    }
+
+    #[test]
+    fn a_held_file_a_crash_kept_from_moving_on_moves_at_the_next_start() {
+        let mut s = setup();
+        let mut log = open(&s);
+        let (id, _) = commit_queued(&mut s, &mut log);
+        // The checkpoint record went in, the move did not (as a crash
+        // between the two, or a power loss that lost the rename, leaves it).
+        log.log.checkpoint().unwrap();
+        drop(log);
+        recover_all(&s.wal, &s.maildir, &s.queue, Duration::from_secs(2)).unwrap();
+        assert!(s.queue.message_path(&id).is_file());
+        assert!(!s.queue.root().join("held-0").join(&id).exists());
     }
 }

@@ -86,7 +86,11 @@ pub(super) fn commit_with(
     let mut batch: Vec<(usize, Entry)> = messages
         .into_iter()
         .enumerate()
-        .flat_map(|(unit, deliveries)| deliveries.into_iter().map(move |d| (unit, Entry::Live(d))))
+        .flat_map(|(unit, deliveries)| {
+            deliveries
+                .into_iter()
+                .map(move |d| (unit, Entry::Live(Box::new(d))))
+        })
         .collect();
     each_live(&mut batch, Delivery::finish_writing);
     sync_phase(&mut batch, durability);
@@ -103,7 +107,7 @@ pub(super) fn commit_with(
 fn settle(batch: Vec<(usize, Entry)>, results: &mut [io::Result<Vec<PathBuf>>]) {
     for (unit, entry) in batch {
         match (entry, &mut results[unit]) {
-            (Entry::Live(delivery), Ok(paths)) => paths.extend(delivery.delivered()),
+            (Entry::Live(delivery), Ok(paths)) => paths.extend((*delivery).delivered()),
             (Entry::Failed(e), result @ Ok(_)) => *result = Err(e),
             // A failed unit's live parts were failed with it.
             (_, Err(_)) => {}
@@ -111,35 +115,42 @@ fn settle(batch: Vec<(usize, Entry)>, results: &mut [io::Result<Vec<PathBuf>>]) 
     }
 }
 
-/// `--durability log`: the group's Maildir files are written and linked
-/// into `new/` without being synced, their names and bytes go into the
-/// write-ahead log, and one `fdatasync` of the log makes the whole group
-/// durable; a checkpoint (`syncfs`, later) makes the files durable on
-/// their own and frees the log. After a crash, recovery rewrites from
-/// the log what a power loss took (`crate::wal::restore`).
+/// `--durability log`: the group's files are written and linked without
+/// being synced, their names and bytes go into the write-ahead log, and
+/// one `fdatasync` of the log makes the whole group durable; a checkpoint
+/// (`syncfs`, later) makes the files durable on their own and frees the
+/// log. After a crash, recovery rewrites from the log what a power loss
+/// took (`crate::wal::restore`).
 ///
-/// A message with a queue file still goes the `syncfs` way
-/// ([`commit_all`]): the delivery process removes a queue file once
-/// delivered, and until its own log records that, replay could bring a
-/// delivered message back.
+/// A worker's queue files are linked into `held` (`queue/held-N/`), not
+/// `queue/new/`: the delivery process must not send one, and remove it,
+/// before a checkpoint covers it, or replay would bring it back. The
+/// worker's checkpoint moves them into `new/`. The delivery process's own
+/// bounces (`held` None) go straight into `new/`: its log also records
+/// what became of them, so their replay finds them finished.
 pub fn commit_logged(
     messages: Vec<Vec<Delivery>>,
     log: &mut crate::wal::Log,
+    held: Option<&str>,
 ) -> Vec<io::Result<Vec<PathBuf>>> {
     let count = messages.len();
-    let (queued, logged): (Vec<_>, Vec<_>) = messages
+    let mut results: Vec<io::Result<Vec<PathBuf>>> = (0..count).map(|_| Ok(Vec::new())).collect();
+    let mut batch: Vec<(usize, Entry)> = messages
         .into_iter()
         .enumerate()
-        .partition(|(_, deliveries)| deliveries.iter().any(Delivery::is_queue_file));
-    let mut results: Vec<io::Result<Vec<PathBuf>>> = (0..count).map(|_| Ok(Vec::new())).collect();
-    let (queued_units, queued): (Vec<usize>, Vec<_>) = queued.into_iter().unzip();
-    for (unit, result) in queued_units.into_iter().zip(commit_all(queued)) {
-        results[unit] = result;
-    }
-    let mut batch: Vec<(usize, Entry)> = logged
-        .into_iter()
-        .flat_map(|(unit, deliveries)| deliveries.into_iter().map(move |d| (unit, Entry::Live(d))))
+        .flat_map(|(unit, deliveries)| {
+            deliveries
+                .into_iter()
+                .map(move |d| (unit, Entry::Live(Box::new(d))))
+        })
         .collect();
+    if let Some(held) = held {
+        for (_, entry) in batch.iter_mut() {
+            if let Entry::Live(delivery) = entry {
+                delivery.hold_in(held);
+            }
+        }
+    }
     each_live(&mut batch, Delivery::finish_writing);
     each_live(&mut batch, Delivery::publish);
     log_group(&mut batch, log);
@@ -147,8 +158,8 @@ pub fn commit_logged(
     results
 }
 
-/// One record per live delivery (a message logged here has just its
-/// Maildir one), then one commit of the log: every live message fails
+/// One record per live delivery (its Maildir file, or its queue file),
+/// then one commit of the log: every live message fails
 /// with it (its names in `new/` removed) if it fails.
 fn log_group(batch: &mut [(usize, Entry)], log: &mut crate::wal::Log) {
     each_live(batch, |delivery| {
@@ -169,7 +180,7 @@ fn log_group(batch: &mut [(usize, Entry)], log: &mut crate::wal::Log) {
 }
 
 enum Entry {
-    Live(Delivery),
+    Live(Box<Delivery>),
     Failed(io::Error),
 }
 

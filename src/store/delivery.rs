@@ -92,6 +92,9 @@ pub struct Delivery {
     linked: Vec<PathBuf>,
     /// `new/` directories on other file systems than `file`.
     foreign_dirs: Vec<PathBuf>,
+    /// Where in each mailbox `publish` links it: `new`, or for a queue
+    /// file under `--durability log` the worker's held directory.
+    into: String,
 }
 
 impl Delivery {
@@ -116,6 +119,7 @@ impl Delivery {
             failed: false,
             linked: Vec::new(),
             foreign_dirs: Vec::new(),
+            into: "new".into(),
         }
     }
 
@@ -269,9 +273,12 @@ impl Delivery {
         Ok(())
     }
 
-    /// A queue file (whose removal after delivery no log records yet).
-    pub(super) fn is_queue_file(&self) -> bool {
-        self.form == Form::Queue
+    /// A queue file is linked into `dir` of the queue instead of `new/`,
+    /// where the delivery process does not look (see `commit_logged`).
+    pub(super) fn hold_in(&mut self, dir: &str) {
+        if self.form == Form::Queue {
+            self.into = dir.to_string();
+        }
     }
 
     /// What a write-ahead log record holds of this delivery, once
@@ -322,7 +329,7 @@ impl Delivery {
         // in new/, which a reader may have moved to cur/ by then.
         let (source, flags) = self.tmp.link_source(file);
         for mailbox in &self.mailboxes {
-            let target = mailbox.join("new").join(final_name);
+            let target = mailbox.join(&self.into).join(final_name);
             // link, not rename, for a named tmp file too: link refuses to
             // replace an existing name where rename would silently
             // overwrite another message.

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use crate::test_support::TempDir;
 
 use super::unique;
-use super::{STALE_TMP_AGE, Store, clean_stale_tmp};
+use super::{Delivery, STALE_TMP_AGE, Store, clean_stale_tmp};
 
 /// A fresh directory for one test.
 fn temp_dir() -> TempDir {
@@ -847,7 +847,7 @@ fn log_commit_links_the_group_and_logs_each_file_with_its_bytes() {
     let (mut store, root) = store(&tmp);
     let (mut log, _) = crate::wal::Log::open(&tmp.path().join("wal"), 64 * 1024).unwrap();
     let batch = three_deliveries(&mut store);
-    let results = super::commit_logged(batch, &mut log);
+    let results = super::commit_logged(batch, &mut log, None);
     let mut paths = Vec::new();
     for result in results {
         let p = result.unwrap();
@@ -866,8 +866,53 @@ fn log_commit_links_the_group_and_logs_each_file_with_its_bytes() {
     assert!(unnamed_tmp_files(&root).is_empty());
 }
 
+/// A queue file under way, its envelope block written.
+fn queued_message(store: &mut Store) -> Delivery {
+    store
+        .begin_queued(store.next_id(), b"Header: x\r\n")
+        .unwrap()
+}
+
 #[test]
-fn a_message_with_a_queue_file_takes_the_syncfs_way_beside_the_log() {
+fn queue_files_are_logged_and_held_out_of_new_until_a_checkpoint() {
+    let tmp = temp_dir();
+    let root = tmp.path().join("Maildir");
+    let queue = tmp.path().join("queue");
+    for sub in ["tmp", "new", "held-0"] {
+        fs::create_dir_all(queue.join(sub)).unwrap();
+    }
+    let mut store = Store::open(&root, "mx.example.org")
+        .unwrap()
+        .with_queue(&queue);
+    let (mut log, _) = crate::wal::Log::open(&tmp.path().join("wal"), 64 * 1024).unwrap();
+    let mut queued = queued_message(&mut store);
+    queued.write(b"Subject: away\r\n\r\nx\r\n").unwrap();
+    let mut local = store
+        .begin(store.next_id(), &[mb("example.com", "dave")], HEADER)
+        .unwrap();
+    local.write(b"Subject: here\r\n\r\nx\r\n").unwrap();
+    let results = super::commit_logged(vec![vec![queued], vec![local]], &mut log, Some("held-0"));
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    let held = &results[0].as_ref().unwrap()[0];
+    assert_eq!(held.parent().unwrap(), queue.join("held-0"));
+    assert!(names(&queue.join("new")).is_empty(), "nothing in new/ yet");
+    drop(log);
+    let (_, records) = crate::wal::Log::open(&tmp.path().join("wal"), 64 * 1024).unwrap();
+    let restore = crate::wal::to_restore(&records).unwrap();
+    assert_eq!(restore.len(), 2, "both are logged");
+    assert_eq!(&restore[0].1.paths[0], held);
+    assert_eq!(restore[0].1.content, fs::read(held).unwrap());
+    assert!(
+        restore[0]
+            .1
+            .content
+            .starts_with(b"Header: x\r\nSubject: away\r\n")
+    );
+    assert!(restore[1].1.paths[0].starts_with(&root));
+}
+
+#[test]
+fn without_a_held_directory_queue_files_go_straight_into_new() {
     let tmp = temp_dir();
     let root = tmp.path().join("Maildir");
     let queue = tmp.path().join("queue");
@@ -878,22 +923,11 @@ fn a_message_with_a_queue_file_takes_the_syncfs_way_beside_the_log() {
         .unwrap()
         .with_queue(&queue);
     let (mut log, _) = crate::wal::Log::open(&tmp.path().join("wal"), 64 * 1024).unwrap();
-    let mut queued = store
-        .begin_queued(store.next_id(), b"Header: x\r\n")
-        .unwrap();
-    queued.write(b"Subject: away\r\n\r\nx\r\n").unwrap();
-    let mut local = store
-        .begin(store.next_id(), &[mb("example.com", "dave")], HEADER)
-        .unwrap();
-    local.write(b"Subject: here\r\n\r\nx\r\n").unwrap();
-    let results = super::commit_logged(vec![vec![queued], vec![local]], &mut log);
-    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
-    assert!(results[0].as_ref().unwrap()[0].starts_with(&queue));
-    drop(log);
-    let (_, records) = crate::wal::Log::open(&tmp.path().join("wal"), 64 * 1024).unwrap();
-    let restore = crate::wal::to_restore(&records).unwrap();
-    assert_eq!(restore.len(), 1, "only the Maildir message is logged");
-    assert!(restore[0].1.paths[0].starts_with(&root));
+    let mut bounce = queued_message(&mut store);
+    bounce.write(b"Subject: bounce\r\n\r\nx\r\n").unwrap();
+    let results = super::commit_logged(vec![vec![bounce]], &mut log, None);
+    let path = &results[0].as_ref().unwrap()[0];
+    assert_eq!(path.parent().unwrap(), queue.join("new"));
 }
 
 #[test]
@@ -909,12 +943,12 @@ fn a_log_that_failed_takes_nothing_more_and_its_group_leaves_nothing() {
         .unwrap();
     big.write(&vec![b'x'; 10_000]).unwrap();
     fs::remove_dir_all(&wal).unwrap();
-    let results = super::commit_logged(vec![vec![big]], &mut log);
+    let results = super::commit_logged(vec![vec![big]], &mut log, None);
     assert!(results[0].is_err());
     assert!(all_message_files(&root).is_empty(), "rolled back");
     // A small one now fails too: the log is broken until reopened.
     let small = three_deliveries(&mut store);
-    let results = super::commit_logged(small, &mut log);
+    let results = super::commit_logged(small, &mut log, None);
     assert!(results.iter().all(|r| r.is_err()));
     assert!(all_message_files(&root).is_empty());
 }

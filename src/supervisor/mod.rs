@@ -164,6 +164,13 @@ impl Supervisor {
             Ok(n) => log::info!("removed {n} stale files from the mail store's tmp/ directories"),
             Err(e) => log::warn!("cleaning stale tmp/ files: {e}"),
         }
+        // Before any worker takes mail, and under either --durability: a
+        // log written before a switch back to sync is recovered too.
+        let interval = match config.durability {
+            crate::config::Durability::Log { checkpoint } => checkpoint,
+            crate::config::Durability::Sync => Duration::from_secs(2),
+        };
+        crate::server::recover_worker_logs(&config.wal_dir, &config.maildir, &queue, interval)?;
         let keys = ticket_keys(config, &tls)?;
         let counts = ConnCounts::new(config.workers, config.max_connections)
             .map_err(|e| format!("shared connection counts: {e}"))?;

@@ -3,6 +3,7 @@
 //! ```text
 //! message:    1u8 | paths u16 | per path: length u16, path | content length u32, content
 //! checkpoint: 2u8 | upto u64
+//! outcomes:   3u8 | id length u16, id | lines length u32, lines
 //! ```
 //!
 //! little-endian. A message's paths are every name its group commit
@@ -15,6 +16,7 @@ use std::path::PathBuf;
 
 const MESSAGE: u8 = 1;
 const CHECKPOINT: u8 = 2;
+const OUTCOMES: u8 = 3;
 
 /// A message as the log holds it: every name its commit linked, and the
 /// bytes each of them holds.
@@ -30,6 +32,12 @@ pub enum Entry {
     /// Every message up to this sequence number is durable in its files.
     Checkpoint {
         upto: u64,
+    },
+    /// Lines appended to queued message `id`'s journal (`queue/log/ID`)
+    /// by the delivery process: what became of its recipients.
+    Outcomes {
+        id: String,
+        lines: Vec<u8>,
     },
 }
 
@@ -68,6 +76,17 @@ impl Entry {
                 out.extend_from_slice(&content_len.to_le_bytes());
                 out.extend_from_slice(&message.content);
             }
+            Entry::Outcomes { id, lines } => {
+                out.push(OUTCOMES);
+                let id_len =
+                    u16::try_from(id.len()).map_err(|_| EntryError("id too long".into()))?;
+                out.extend_from_slice(&id_len.to_le_bytes());
+                out.extend_from_slice(id.as_bytes());
+                let lines_len = u32::try_from(lines.len())
+                    .map_err(|_| EntryError("journal lines too long".into()))?;
+                out.extend_from_slice(&lines_len.to_le_bytes());
+                out.extend_from_slice(lines);
+            }
         }
         Ok(())
     }
@@ -88,6 +107,14 @@ impl Entry {
                 let content_len = r.u32()? as usize;
                 let content = r.take(content_len)?.to_vec();
                 Entry::Message(LoggedMessage { paths, content })
+            }
+            OUTCOMES => {
+                let id_len = usize::from(r.u16()?);
+                let id = String::from_utf8(r.take(id_len)?.to_vec())
+                    .map_err(|_| EntryError("an id that is not UTF-8".into()))?;
+                let lines_len = r.u32()? as usize;
+                let lines = r.take(lines_len)?.to_vec();
+                Entry::Outcomes { id, lines }
             }
             other => return Err(EntryError(format!("unknown entry kind {other}"))),
         };

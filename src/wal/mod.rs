@@ -1,7 +1,8 @@
 //! The write-ahead log of part 10 (`--durability log`): how records are
 //! framed, found again after a crash, and what replay makes of them
 //! (sans-I/O), and the segment files they live in ([`Log`]: preallocated,
-//! reused, one `fdatasync` per group). Not wired into group commit yet.
+//! reused, one `fdatasync` per group), and a process's log with its
+//! checkpoints ([`ProcessLog`]).
 //!
 //! A record is
 //!
@@ -26,12 +27,13 @@
 //! client that never saw the 250 sends it again: the duplicate window
 //! every MTA has (RFC 1047), never a lost or partial message.
 //!
-//! Payloads ([`Entry`]): a message (the final paths of its files in `new/`
-//! and their content, once), or a checkpoint (every message
-//! up to a sequence number is durable in its files, so replay may skip
-//! it).
+//! Payloads ([`Entry`]): a message (the final paths of its files and
+//! their content, once), a queued message's journal lines (the delivery
+//! process's outcomes), or a checkpoint (everything up to a sequence
+//! number is durable in its files, so replay may skip it).
 
 mod entry;
+mod process;
 mod record;
 mod restore;
 mod segments;
@@ -40,21 +42,39 @@ mod segments;
 mod tests;
 
 pub use entry::{Entry, EntryError, LoggedMessage};
+pub use process::{CHECKPOINT_BYTES, MAX_FAILURES, ProcessLog};
 pub use record::{HEADER_LEN, MAGIC, Record, Scan, encode, scan};
 pub use restore::{Restored, restore};
 pub use segments::Log;
 
-/// What replay restores: the messages logged after the last checkpoint
-/// that covers them, in log order, each once.
-pub fn to_restore(records: &[Record]) -> Result<Vec<(u64, LoggedMessage)>, EntryError> {
+/// What replay applies: every entry but checkpoints that the last
+/// checkpoint does not cover, in log order, each once.
+pub fn after_checkpoint(records: &[Record]) -> Result<Vec<(u64, Entry)>, EntryError> {
     let mut checkpoint = 0;
-    let mut messages = Vec::new();
+    let mut entries = Vec::new();
     for record in records {
         match Entry::decode(&record.payload)? {
             Entry::Checkpoint { upto } => checkpoint = checkpoint.max(upto),
-            Entry::Message(message) => messages.push((record.sequence, message)),
+            entry => entries.push((record.sequence, entry)),
         }
     }
-    messages.retain(|(sequence, _)| *sequence > checkpoint);
-    Ok(messages)
+    entries.retain(|(sequence, _)| *sequence > checkpoint);
+    Ok(entries)
+}
+
+/// The messages among `entries`, for [`restore`].
+pub fn messages(entries: &[(u64, Entry)]) -> Vec<(u64, LoggedMessage)> {
+    entries
+        .iter()
+        .filter_map(|(sequence, entry)| match entry {
+            Entry::Message(message) => Some((*sequence, message.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What replay restores: the messages logged after the last checkpoint
+/// that covers them, in log order, each once.
+pub fn to_restore(records: &[Record]) -> Result<Vec<(u64, LoggedMessage)>, EntryError> {
+    Ok(messages(&after_checkpoint(records)?))
 }

@@ -47,6 +47,8 @@ pub struct Log {
     next_sequence: u64,
     /// Records appended since the last commit.
     pending: Vec<u8>,
+    /// Bytes of records committed since the log was opened.
+    written: u64,
     /// A commit failed: what reached the disk is unknown (after a failed
     /// `fdatasync` Linux may have marked the pages clean without writing
     /// them), so nothing more is committed until the log is opened again.
@@ -102,6 +104,7 @@ impl Log {
             next_id,
             next_sequence,
             pending: Vec::new(),
+            written: 0,
             broken: false,
         };
         if log.segments.is_empty() {
@@ -154,6 +157,7 @@ impl Log {
         segment.file.sync_data()?;
         segment.len += needed;
         segment.last = last;
+        self.written += needed;
         self.pending.clear();
         Ok(())
     }
@@ -176,6 +180,11 @@ impl Log {
     /// Bytes of records the log holds (what a checkpoint would free).
     pub fn held(&self) -> u64 {
         self.segments.iter().map(|s| s.len).sum()
+    }
+
+    /// Bytes of records committed since the log was opened.
+    pub fn written(&self) -> u64 {
+        self.written
     }
 
     /// The sequence number the next record gets.

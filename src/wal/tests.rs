@@ -97,7 +97,7 @@ fn restorable(whole: &[&(usize, u64, Entry)]) -> Vec<(u64, LoggedMessage)> {
         .iter()
         .filter_map(|(_, _, e)| match e {
             Entry::Checkpoint { upto } => Some(*upto),
-            Entry::Message(_) => None,
+            _ => None,
         })
         .max()
         .unwrap_or(0);
@@ -193,6 +193,10 @@ fn entries_round_trip_and_bad_ones_are_errors() {
             content: vec![],
         }),
         Entry::Checkpoint { upto: u64::MAX },
+        Entry::Outcomes {
+            id: "1tFz3c-0009Ld-0a".into(),
+            lines: b"D 0 1796000000 mx[192.0.2.1]:25 250 OK\n".to_vec(),
+        },
     ] {
         let mut payload = Vec::new();
         entry.encode(&mut payload).unwrap();
