@@ -229,3 +229,70 @@ fn a_worker_killed_under_load_leaves_every_acknowledged_message_once_and_nothing
         stored.len()
     );
 }
+
+/// A relaying gsmtpd under the log whose next hop for remote.example is
+/// 127.0.0.1:`port`; no checkpoint for an hour but the one that hands a
+/// queue file to the delivery process, no retry but a flush.
+fn log_relay(state: &Path, port: u16) -> Server {
+    let mut args = route(&format!("[127.0.0.1]:{port}"));
+    args.extend(
+        [
+            "--durability",
+            "log",
+            "--checkpoint-interval",
+            "3600",
+            "--workers",
+            "1",
+            "--retry-min",
+            "3600",
+            "--retry-max",
+            "3600",
+        ]
+        .map(String::from),
+    );
+    sender_with(Some(state.to_path_buf()), &args)
+}
+
+#[test]
+fn a_relayed_message_goes_once_even_when_a_power_loss_takes_its_removal() {
+    let port = free_port();
+    let state = scratch_dir("wal-relay");
+    let mut sender = log_relay(&state, port);
+    let id = submit(
+        &sender,
+        "a@client.test",
+        "carol@remote.example",
+        "Subject: relayed\n\nx\n",
+    );
+    // Tried (and deferred: the hop is down) well before the hour: the
+    // worker's checkpoint moved it from held-0/ into the queue at once.
+    sender.wait_log(&format!("{id} == carol@remote.example"));
+    let queue = state.join("queue");
+    let file = fs::read(queue.join("new").join(&id)).unwrap();
+    assert!(fs::read_dir(queue.join("held-0")).unwrap().next().is_none());
+    let journal = fs::read(queue.join("log").join(&id)).unwrap();
+    assert!(state.join("wal/delivery").is_dir());
+
+    let next_hop = receiver(&["--listen", &format!("127.0.0.1:{port}")]);
+    let (status, _, err) = gsmtpd(&["queue", "flush"], &sender.state);
+    assert_eq!(status, Some(0), "{err}");
+    let inbox = next_hop.maildir.join("remote.example/carol/new");
+    wait_mail(&inbox, 1);
+    sender.wait_log(&format!("{id} Completed"));
+    // A power loss before the delivery process's next checkpoint: the
+    // removal never reached the disk, nor the journal's delivered line.
+    kill_everything(&mut sender);
+    fs::write(queue.join("new").join(&id), &file).unwrap();
+    fs::write(queue.join("log").join(&id), &journal).unwrap();
+
+    let again = log_relay(&state, port);
+    let log = again.wait_log(&format!("{id} Completed"));
+    assert!(
+        log.contains(&format!("recovery: the journal of {id} rewritten")),
+        "{log}"
+    );
+    assert!(!log.contains(&format!("{id} =>")), "sent again: {log}");
+    assert!(!queue.join("new").join(&id).exists());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(wait_mail(&inbox, 1).len(), 1, "one copy at the next hop");
+}

@@ -18,6 +18,7 @@
 
 mod connection;
 mod destination;
+mod queue_log;
 mod results;
 mod resumption;
 mod schedule;
@@ -43,6 +44,7 @@ use crate::store::Store;
 use crate::tls::{Credentials, Priority};
 use connection::{ClientTls, Connection, Ctx, Event};
 use destination::{Destination, Hop, Job, Key};
+use queue_log::QueueLog;
 use results::Results;
 use schedule::{Rules, Schedule};
 
@@ -85,6 +87,8 @@ struct Outbound {
     tls: ClientTls,
     cache: ClientCache,
     results: Results,
+    /// How queue changes are made durable (`--durability`).
+    log: QueueLog,
     started: bool,
     stopping: Option<Instant>,
     rescan_at: Instant,
@@ -95,6 +99,8 @@ impl Outbound {
         let OutboundStart { config, channel } = start;
         let (poll, signals) = crate::control::child_poll(&channel, SIGNALS, CONTROL)?;
         let queue = QueueDir::new(&config.state_dir);
+        // Before the queue is read: what a power loss took comes back.
+        let log = QueueLog::open(&config.wal_dir, &config.durability, &config.maildir, &queue)?;
         let store = Store::open(&config.maildir, &config.hostname)
             .map_err(|e| format!("mail store {}: {e}", config.maildir.display()))?
             .with_queue(queue.root());
@@ -124,6 +130,7 @@ impl Outbound {
         Ok(Outbound {
             schedule: Schedule::new(Rules::new(s.retry_min, s.retry_max, s.queue_lifetime)),
             results: Results::new(config.hostname.clone(), config.domains.clone()),
+            log,
             config,
             poll,
             signals,
@@ -209,8 +216,14 @@ impl Outbound {
         // answers from its cache within the records' TTL).
         self.destinations.retain(|_, d| d.in_use(now));
         self.apply_dns_interest();
-        self.results
-            .settle(&mut self.schedule, &self.queue, &mut self.store);
+        self.results.settle(
+            &mut self.schedule,
+            &self.queue,
+            &mut self.store,
+            &mut self.log,
+        );
+        let ending = self.stopping.is_some() && self.conns.iter().all(Option::is_none);
+        self.log.checkpoint_if_due(now, ending);
     }
 
     fn poll_timeout(&self) -> Duration {
@@ -233,6 +246,9 @@ impl Outbound {
             self.resolver.next_timeout(),
             Some(self.rescan_at.saturating_duration_since(now)),
             self.stopping.map(|d| d.saturating_duration_since(now)),
+            self.log
+                .next_due()
+                .map(|d| d.saturating_duration_since(now)),
         ]
         .into_iter()
         .flatten()
@@ -308,6 +324,8 @@ impl Outbound {
         }
         self.started = true;
         self.read_queue();
+        // Finished before a power loss brought their files back.
+        results::remove_finished(&mut self.schedule, &self.queue);
         log::info!(
             "delivery process: {} message(s) in the queue",
             self.schedule.len()

@@ -4,14 +4,15 @@
 //! order: queues the bounce of every message with newly failed recipients
 //! (through the store's group commit, like any queued message; none for
 //! the null sender), appends every outcome to its message's journal, makes
-//! the journals durable with one `syncfs` when a delivered or failed one
-//! is among them, and only then logs `=>`, `**` and `==` lines. A message
-//! whose recipients are all done is logged `Completed` and removed.
+//! them durable (`QueueLog`) when a delivered or failed one is among
+//! them, and only then logs `=>`, `**` and `==` lines. A message whose
+//! recipients are all done is logged `Completed` and removed.
 
-use std::fs::File;
 use std::io;
+use std::time::Instant;
 
 use super::destination::{Address, Job};
+use super::queue_log::QueueLog;
 use super::schedule::{Deferred, Schedule};
 use crate::clock::unix_secs;
 use crate::dsn::{self, Diagnostic, Status};
@@ -233,55 +234,48 @@ impl Results {
 
     /// Makes the outcomes gathered so far durable, then logs them, then
     /// removes what is finished.
-    pub fn settle(&mut self, schedule: &mut Schedule, queue: &QueueDir, store: &mut Store) {
+    pub fn settle(
+        &mut self,
+        schedule: &mut Schedule,
+        queue: &QueueDir,
+        store: &mut Store,
+        log: &mut QueueLog,
+    ) {
         if self.pending.is_empty() {
             return;
         }
+        let now = Instant::now();
         let mut pending = std::mem::take(&mut self.pending);
-        self.queue_bounces(&mut pending, schedule, queue, store);
-        let needs_sync = pending
+        self.queue_bounces(&mut pending, schedule, queue, store, log, now);
+        let durable = pending
             .iter()
             .any(|p| p.bounce.is_some() || matches!(p.record, Record::Delivered { .. }));
-        let now = unix_secs();
-        let mut written: Option<File> = None;
+        let at = unix_secs();
         let mut ids: Vec<&str> = pending.iter().map(|p| p.id.as_str()).collect();
         ids.dedup();
-        for id in ids {
-            let records: Vec<queue::Record> = pending
-                .iter()
-                .filter(|p| p.id == id)
-                .map(|p| queue::Record {
-                    rcpt: p.rcpt,
-                    at: now,
-                    outcome: p.record.clone(),
-                })
-                .collect();
-            match queue::journal::append(&queue.log_path(id), &records) {
-                Ok(file) => written = Some(file),
-                Err(e) => log::error!("{id}: writing its journal: {e}"),
-            }
-        }
-        if needs_sync
-            && let Some(file) = &written
-            && let Err(e) = nix::unistd::syncfs(file)
-        {
-            // Delivered is delivered: the lines still go out, and a crash
-            // before the next sync may send these recipients again.
-            log::error!("syncfs of the queue's journals: {e}");
-        }
+        let outcomes: Vec<(String, Vec<queue::Record>)> = ids
+            .into_iter()
+            .map(|id| {
+                let records = pending
+                    .iter()
+                    .filter(|p| p.id == id)
+                    .map(|p| queue::Record {
+                        rcpt: p.rcpt,
+                        at,
+                        outcome: p.record.clone(),
+                    })
+                    .collect();
+                (id.to_string(), records)
+            })
+            .collect();
+        log.record(queue, &outcomes, durable, now);
         for p in &pending {
             log::info!("{} {}", p.id, p.line);
             if p.record.is_final() {
                 schedule.done(&p.id, p.rcpt);
             }
         }
-        for id in schedule.finished() {
-            log::info!("{id} Completed");
-            if let Err(e) = queue.remove(&id) {
-                log::error!("{id}: removing it from the queue: {e}");
-            }
-            schedule.remove(&id);
-        }
+        remove_finished(schedule, queue);
     }
 
     /// One bounce per message with recipients failed for good, queued
@@ -294,6 +288,8 @@ impl Results {
         schedule: &mut Schedule,
         queue: &QueueDir,
         store: &mut Store,
+        log: &mut QueueLog,
+        now: Instant,
     ) {
         let mut ids: Vec<String> = pending
             .iter()
@@ -325,7 +321,7 @@ impl Results {
                 Err(e) => log::error!("{id}: composing its bounce: {e}"),
             }
         }
-        let committed = store::commit_all(units);
+        let committed = log.commit_bounces(units, now);
         let mut ok_ids = Vec::new();
         for ((id, bounce_id, size, queued), result) in made.into_iter().zip(committed) {
             match result {
@@ -419,6 +415,18 @@ impl Results {
         };
         delivery.write(&text)?;
         Ok((id.to_string(), text.len(), queued, delivery))
+    }
+}
+
+/// Removes every message whose recipients are all done: logged
+/// `Completed`.
+pub fn remove_finished(schedule: &mut Schedule, queue: &QueueDir) {
+    for id in schedule.finished() {
+        log::info!("{id} Completed");
+        if let Err(e) = queue.remove(&id) {
+            log::error!("{id}: removing it from the queue: {e}");
+        }
+        schedule.remove(&id);
     }
 }
 

@@ -9,9 +9,14 @@
 //!
 //! `rcpt` is the recipient's index in the envelope. A line is complete
 //! once its LF is written; a crash can leave a last line without one,
-//! which is ignored, so a record counts only if it was whole. Delivered
-//! and failed records are made durable before anything is logged about
-//! them, so that a recipient logged `=>` is never sent again.
+//! which is ignored, so a record counts only if it was whole. A power
+//! loss can also leave zeroes where unsynced lines were (the file's size
+//! reached the disk, its data did not); a later line appended after them
+//! still counts, from the last zero on. Delivered and failed records are
+//! made durable before anything is logged about them, so that a recipient
+//! logged `=>` is never sent again: by a `syncfs`, or under
+//! `--durability log` by the delivery process's write-ahead log, from
+//! which [`restore`] puts them back after a power loss.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -103,6 +108,15 @@ impl Record {
     }
 }
 
+/// The lines `append` writes for `records`.
+pub fn encode(records: &[Record]) -> Vec<u8> {
+    records
+        .iter()
+        .map(Record::line)
+        .collect::<String>()
+        .into_bytes()
+}
+
 /// Appends `records` to the journal at `path` (created mode 0600). Not
 /// synced: the caller makes a batch of journals durable together.
 pub fn append(path: &Path, records: &[Record]) -> io::Result<fs::File> {
@@ -111,9 +125,33 @@ pub fn append(path: &Path, records: &[Record]) -> io::Result<fs::File> {
         .create(true)
         .mode(0o600)
         .open(path)?;
-    let text: String = records.iter().map(Record::line).collect();
-    file.write_all(text.as_bytes())?;
+    file.write_all(&encode(records))?;
     Ok(file)
+}
+
+/// Makes the journal at `path` hold each of `lines` (as [`encode`] made
+/// them) after a power loss that may have taken them: if one is missing,
+/// the journal is written again, its whole records and the missing ones,
+/// under `tmp` and renamed into place. Not synced. True if rewritten.
+pub fn restore(path: &Path, tmp: &Path, lines: &[u8]) -> io::Result<bool> {
+    let mut records = read(path)?;
+    let missing: Vec<Record> = parse_all(lines)
+        .into_iter()
+        .filter(|r| !records.contains(r))
+        .collect();
+    if missing.is_empty() {
+        return Ok(false);
+    }
+    records.extend(missing);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(tmp)?;
+    file.write_all(&encode(&records))?;
+    fs::rename(tmp, path)?;
+    Ok(true)
 }
 
 /// Every whole record of the journal at `path` (none if it is missing).
@@ -131,9 +169,15 @@ fn parse_all(bytes: &[u8]) -> Vec<Record> {
         Some(last) => &bytes[..=last],
         None => return Vec::new(),
     };
-    String::from_utf8_lossy(whole)
-        .lines()
-        .filter_map(Record::parse)
+    whole
+        .split(|&b| b == b'\n')
+        // What follows the last zero: a line appended after the zeroes a
+        // power loss left.
+        .map(|line| match line.iter().rposition(|&b| b == 0) {
+            Some(zero) => &line[zero + 1..],
+            None => line,
+        })
+        .filter_map(|line| Record::parse(&String::from_utf8_lossy(line)))
         .collect()
 }
 
@@ -209,6 +253,37 @@ mod tests {
         let cut = text.len() - 5;
         assert_eq!(parse_all(&text.as_bytes()[..cut]).len(), 2);
         assert_eq!(parse_all(b"D 0 1 h"), vec![], "no newline, no record");
+    }
+
+    #[test]
+    fn lines_after_the_zeroes_of_a_power_loss_still_count() {
+        let text = encode(&records());
+        let lines: Vec<&[u8]> = text.split_inclusive(|&b| b == b'\n').collect();
+        // The first line's data lost (zeroes), the second torn then
+        // zeroed, the third appended after restart.
+        let mut damaged = vec![0u8; lines[0].len()];
+        damaged.extend_from_slice(&lines[1][..5]);
+        damaged.extend_from_slice(&[0; 7]);
+        damaged.extend_from_slice(lines[2]);
+        damaged.extend_from_slice(&[0; 9]);
+        assert_eq!(parse_all(&damaged), vec![records()[2].clone()]);
+    }
+
+    #[test]
+    fn restore_puts_back_missing_records_once() {
+        let dir = crate::test_support::TempDir::new("journal");
+        let path = dir.path().join("journal");
+        let tmp = dir.path().join("journal.tmp");
+        let all = records();
+        let mut damaged = encode(&all[..1]);
+        damaged.extend_from_slice(&[0; 30]);
+        fs::write(&path, &damaged).unwrap();
+        assert!(restore(&path, &tmp, &encode(&all[1..])).unwrap());
+        let back = read(&path).unwrap();
+        assert_eq!(back.len(), 3);
+        assert_eq!(back[2], all[2]);
+        assert!(!restore(&path, &tmp, &encode(&all)).unwrap(), "all there");
+        assert!(!tmp.exists());
     }
 
     #[test]
