@@ -2,7 +2,9 @@
 //!
 //! - `wal-ID` (ID in hex, increasing) holds records; the newest is the one
 //!   written. A new segment is written full of zeroes and synced once when
-//!   it is made, so later commits only overwrite blocks that already
+//!   it is made (the first 1 MiB, each next one twice the last up to the
+//!   log's segment size, so a quiet server writes little and a busy one
+//!   soon has large segments), so later commits only overwrite blocks that already
 //!   exist: one `fdatasync` per group, with no metadata to commit (an
 //!   `fallocate`d file would have unwritten extents, whose conversion is
 //!   a journal commit each time).
@@ -37,9 +39,15 @@ struct Segment {
     last: u64,
 }
 
+/// The first segment's size (or the segment size, if smaller).
+const FIRST_SEGMENT: u64 = 1 << 20;
+
 pub struct Log {
     dir: PathBuf,
+    /// The largest a new segment gets.
     segment_size: u64,
+    /// What the next new segment gets.
+    next_size: u64,
     /// Oldest first; the last one is written.
     segments: VecDeque<Segment>,
     spares: Vec<(u64, PathBuf)>,
@@ -96,9 +104,13 @@ impl Log {
             });
         }
         let next_sequence = records.last().map_or(1, |r| r.sequence + 1);
+        let largest = segments.iter().map(|s| s.size).max().unwrap_or(0);
         let mut log = Log {
             dir: dir.to_path_buf(),
             segment_size,
+            next_size: FIRST_SEGMENT
+                .max(largest.saturating_mul(2))
+                .min(segment_size),
             segments,
             spares,
             next_id,
@@ -207,7 +219,8 @@ impl Log {
     fn add_segment(&mut self, needed: u64) -> io::Result<()> {
         let id = self.take_id();
         let path = self.segment_path(id);
-        let size = self.segment_size.max(needed);
+        let size = self.next_size.max(needed);
+        self.next_size = self.next_size.saturating_mul(2).min(self.segment_size);
         let spare = self.spares.pop();
         let file = match spare {
             Some((_, spare)) if fs::metadata(&spare)?.len() >= size => {

@@ -235,6 +235,34 @@ fn files(dir: &std::path::Path) -> Vec<(String, u64)> {
 }
 
 #[test]
+fn segments_start_small_and_double_up_to_the_segment_size() {
+    let tmp = TempDir::new("wal");
+    let dir = tmp.path().join("log");
+    let (mut log, _) = Log::open(&dir, 4 << 20).unwrap();
+    let sizes =
+        |dir: &std::path::Path| -> Vec<u64> { files(dir).into_iter().map(|f| f.1).collect() };
+    assert_eq!(sizes(&dir), vec![1 << 20], "a quiet log writes 1 MiB");
+    for chunk in payloads(7, 1 << 20) {
+        log.append(&chunk);
+        log.commit().unwrap();
+    }
+    // 1 MiB records: one each, each a little larger than its segment
+    // would be at 1 MiB, so segments of 2, 4, 4, ... MiB follow.
+    let got = sizes(&dir);
+    assert_eq!(got[0], 1 << 20);
+    assert!(
+        got[1..]
+            .iter()
+            .all(|&s| s >= 2 << 20 && s <= (4 << 20) + 4096),
+        "{got:?}"
+    );
+    assert_eq!(*got.last().unwrap(), 4 << 20);
+    drop(log);
+    let (_, records) = Log::open(&dir, 4 << 20).unwrap();
+    assert_eq!(records.len(), 7);
+}
+
+#[test]
 fn committed_records_come_back_in_sequence_after_reopening() {
     let tmp = TempDir::new("wal");
     let dir = tmp.path().join("log");
