@@ -253,7 +253,7 @@ fn segments_start_small_and_double_up_to_the_segment_size() {
     assert!(
         got[1..]
             .iter()
-            .all(|&s| s >= 2 << 20 && s <= (4 << 20) + 4096),
+            .all(|s| (2 << 20..=(4 << 20) + 4096).contains(s)),
         "{got:?}"
     );
     assert_eq!(*got.last().unwrap(), 4 << 20);
