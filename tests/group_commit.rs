@@ -379,17 +379,21 @@ fn with_the_log_no_250_is_sent_before_the_fdatasync_that_covers_it() {
 }
 
 /// Checks one process's calls under `--durability log`: every 250 comes
-/// after its message was linked, then written into the log, then the log
-/// fdatasync'd; no syncfs or per-message fsync is needed for it.
+/// after its record was written into the log and the log fdatasync'd, and
+/// only then its message linked (a name must never reach the disk before
+/// its record); no syncfs or per-message fsync is needed for it.
 /// Returns (250s, fdatasync calls of the log).
 fn check_logged_worker(calls: &[Call], mut log_fds: HashSet<String>) -> (usize, usize) {
     let (mut oks, mut syncs) = (0, 0);
+    let is_log = |c: &Call, name: &str, fds: &HashSet<String>| {
+        c.name == name && fds.contains(first_arg(c)) && !c.result.starts_with('-')
+    };
     for (i, call) in calls.iter().enumerate() {
         match call.name.as_str() {
             "openat" if first_path(call).contains("/wal/") && !call.result.starts_with('-') => {
                 log_fds.insert(call.result.clone());
             }
-            "fdatasync" if log_fds.contains(first_arg(call)) && call.result == "0" => syncs += 1,
+            "fdatasync" if is_log(call, "fdatasync", &log_fds) => syncs += 1,
             "sendto" => {
                 let replies = call.args.matches("250 2.0.0 OK id=").count();
                 if replies == 0 {
@@ -401,16 +405,19 @@ fn check_logged_worker(calls: &[Call], mut log_fds: HashSet<String>) -> (usize, 
                     .iter()
                     .rposition(|c| c.name.starts_with("link") && c.result == "0")
                     .expect("a 250 before any message was linked");
-                let logged = before[link..]
+                let synced = before[..link]
                     .iter()
-                    .rposition(|c| c.name == "pwrite64" && log_fds.contains(first_arg(c)))
-                    .map(|at| at + link)
-                    .unwrap_or_else(|| panic!("250 before its record was written: {}", call.args));
+                    .rposition(|c| is_log(c, "fdatasync", &log_fds))
+                    .unwrap_or_else(|| panic!("linked before the log's fdatasync: {}", call.args));
+                let logged = before[..synced]
+                    .iter()
+                    .rposition(|c| is_log(c, "pwrite64", &log_fds))
+                    .unwrap_or_else(|| panic!("synced before its record: {}", call.args));
                 assert!(
-                    before[logged..].iter().any(|c| c.name == "fdatasync"
-                        && log_fds.contains(first_arg(c))
-                        && c.result == "0"),
-                    "250 before the log's fdatasync: {}",
+                    !before[logged..synced]
+                        .iter()
+                        .any(|c| c.name.starts_with("link")),
+                    "a message of the group linked before its record was durable: {}",
                     call.args
                 );
             }

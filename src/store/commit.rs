@@ -115,12 +115,17 @@ fn settle(batch: Vec<(usize, Entry)>, results: &mut [io::Result<Vec<PathBuf>>]) 
     }
 }
 
-/// `--durability log`: the group's files are written and linked without
-/// being synced, their names and bytes go into the write-ahead log, and
-/// one `fdatasync` of the log makes the whole group durable; a checkpoint
-/// (`syncfs`, later) makes the files durable on their own and frees the
-/// log. After a crash, recovery rewrites from the log what a power loss
-/// took (`crate::wal::restore`).
+/// `--durability log`: the group's files are written without being
+/// synced, their names and bytes go into the write-ahead log, one
+/// `fdatasync` of the log makes the whole group durable, and only then are
+/// the files linked under those names; a checkpoint (`syncfs`, later) makes
+/// the files durable on their own and frees the log. After a crash,
+/// recovery rewrites from the log what a power loss took
+/// (`crate::wal::restore`). Logging comes first so that no name can reach
+/// the disk without its record: a file linked before its record was
+/// durable could come back empty after a power loss with nothing to
+/// repair it. A file that fails to link after the commit fails its
+/// message (4xx), and its record is withdrawn.
 ///
 /// A worker's queue files are linked into `held` (`queue/held-N/`), not
 /// `queue/new/`: the delivery process must not send one, and remove it,
@@ -152,30 +157,77 @@ pub fn commit_logged(
         }
     }
     each_live(&mut batch, Delivery::finish_writing);
+    let sequences = log_group(&mut batch, log);
     each_live(&mut batch, Delivery::publish);
-    log_group(&mut batch, log);
+    if let Some(sequences) = sequences {
+        withdraw_failed(&batch, &sequences, log);
+    }
     settle(batch, &mut results);
     results
 }
 
 /// One record per live delivery (its Maildir file, or its queue file),
-/// then one commit of the log: every live message fails
-/// with it (its names in `new/` removed) if it fails.
-fn log_group(batch: &mut [(usize, Entry)], log: &mut crate::wal::Log) {
-    each_live(batch, |delivery| {
+/// then one commit of the log: every live message fails with it if it
+/// fails. Returns each delivery's record, once committed.
+fn log_group(batch: &mut [(usize, Entry)], log: &mut crate::wal::Log) -> Option<Vec<Option<u64>>> {
+    let mut sequences = vec![None; batch.len()];
+    for ((_, entry), sequence) in batch.iter_mut().zip(sequences.iter_mut()) {
+        let Entry::Live(delivery) = entry else {
+            continue;
+        };
         let mut payload = Vec::new();
-        crate::wal::Entry::Message(delivery.logged()?)
-            .encode(&mut payload)
-            .map_err(|e| io::Error::other(format!("write-ahead log: {e}")))?;
-        log.append(&payload);
-        Ok(())
-    });
+        let logged = delivery.logged().and_then(|message| {
+            crate::wal::Entry::Message(message)
+                .encode(&mut payload)
+                .map_err(|e| io::Error::other(format!("write-ahead log: {e}")))
+        });
+        match logged {
+            Ok(()) => *sequence = Some(log.append(&payload)),
+            Err(e) => entry.fail(e),
+        }
+    }
+    fail_whole_messages(batch);
     if let Err(e) = log.commit() {
         for (_, entry) in batch.iter_mut() {
             if matches!(entry, Entry::Live(_)) {
                 entry.fail(io::Error::new(e.kind(), format!("write-ahead log: {e}")));
             }
         }
+        return None;
+    }
+    Some(sequences)
+}
+
+/// The records of deliveries that failed after the log's commit (or with
+/// another part of their message) count for nothing at replay: their
+/// clients get a 4xx and send them again.
+fn withdraw_failed(batch: &[(usize, Entry)], sequences: &[Option<u64>], log: &mut crate::wal::Log) {
+    let withdrawn: Vec<u64> = batch
+        .iter()
+        .zip(sequences)
+        .filter_map(|((_, entry), sequence)| match entry {
+            Entry::Failed(_) => *sequence,
+            Entry::Live(_) => None,
+        })
+        .collect();
+    if withdrawn.is_empty() {
+        return;
+    }
+    let mut payload = Vec::new();
+    let entry = crate::wal::Entry::Withdrawn {
+        sequences: withdrawn,
+    };
+    let result = entry
+        .encode(&mut payload)
+        .map_err(|e| io::Error::other(e.to_string()))
+        .and_then(|()| {
+            log.append(&payload);
+            log.commit()
+        });
+    if let Err(e) = result {
+        // Replay may then write a message its client was refused: a
+        // duplicate once the client sends it again, never a loss.
+        log::error!("write-ahead log: withdrawing refused messages: {e}");
     }
 }
 

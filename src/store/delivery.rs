@@ -245,10 +245,7 @@ impl Delivery {
     /// already have made the data durable, and makes the names durable
     /// afterwards. On error nothing of the message remains in any `new/`.
     pub(super) fn publish(&mut self) -> io::Result<()> {
-        let final_name = match self.form {
-            Form::Maildir => format!("{},S={}", self.name, self.size),
-            Form::Queue => self.name.clone(),
-        };
+        let final_name = self.final_name();
         let mut linked = Vec::with_capacity(self.mailboxes.len());
         let mut foreign = Vec::new();
         if let Err(e) = self.link_all(&final_name, &mut linked, &mut foreign) {
@@ -281,15 +278,29 @@ impl Delivery {
         }
     }
 
-    /// What a write-ahead log record holds of this delivery, once
-    /// published: every name it has in a `new/`, and the file's bytes.
+    /// The name `publish` gives it in every mailbox.
+    fn final_name(&self) -> String {
+        match self.form {
+            Form::Maildir => format!("{},S={}", self.name, self.size),
+            Form::Queue => self.name.clone(),
+        }
+    }
+
+    /// What a write-ahead log record holds of this delivery, once written
+    /// and before it is published: every name `publish` will give it, and
+    /// the file's bytes.
     pub(super) fn logged(&self) -> io::Result<crate::wal::LoggedMessage> {
         use std::os::unix::fs::FileExt;
         let file = self.file.as_ref().ok_or_else(finished)?;
         let mut content = vec![0u8; usize::try_from(self.size).map_err(io::Error::other)?];
         file.read_exact_at(&mut content, 0)?;
+        let name = self.final_name();
         Ok(crate::wal::LoggedMessage {
-            paths: self.linked.clone(),
+            paths: self
+                .mailboxes
+                .iter()
+                .map(|mailbox| mailbox.join(&self.into).join(&name))
+                .collect(),
             content,
         })
     }

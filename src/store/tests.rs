@@ -931,6 +931,39 @@ fn without_a_held_directory_queue_files_go_straight_into_new() {
 }
 
 #[test]
+fn a_file_that_cannot_be_linked_after_the_log_commit_fails_and_its_record_is_withdrawn() {
+    let tmp = temp_dir();
+    let (mut store, root) = store(&tmp);
+    let (mut log, _) = crate::wal::Log::open(&tmp.path().join("wal"), 64 * 1024).unwrap();
+    let mut good = store
+        .begin(store.next_id(), &[mb("example.com", "fay")], HEADER)
+        .unwrap();
+    good.write(b"Subject: fine\r\n\r\nx\r\n").unwrap();
+    // Two mailboxes, one of which loses its new/ before the link.
+    let mut broken = store
+        .begin(
+            store.next_id(),
+            &[mb("example.com", "gus"), mb("example.com", "hal")],
+            HEADER,
+        )
+        .unwrap();
+    broken.write(b"Subject: lost\r\n\r\nx\r\n").unwrap();
+    fs::remove_dir(root.join("example.com/hal/new")).unwrap();
+    let results = super::commit_logged(vec![vec![good], vec![broken]], &mut log, None);
+    assert!(results[0].is_ok());
+    assert!(results[1].is_err());
+    assert!(
+        names(&root.join("example.com/gus/new")).is_empty(),
+        "rolled back"
+    );
+    drop(log);
+    let (_, records) = crate::wal::Log::open(&tmp.path().join("wal"), 64 * 1024).unwrap();
+    let restore = crate::wal::to_restore(&records).unwrap();
+    assert_eq!(restore.len(), 1, "only the message that was stored");
+    assert!(restore[0].1.paths[0].starts_with(root.join("example.com/fay/new")));
+}
+
+#[test]
 fn a_log_that_failed_takes_nothing_more_and_its_group_leaves_nothing() {
     let tmp = temp_dir();
     let (mut store, root) = store(&tmp);

@@ -4,6 +4,7 @@
 //! message:    1u8 | paths u16 | per path: length u16, path | content length u32, content
 //! checkpoint: 2u8 | upto u64
 //! outcomes:   3u8 | id length u16, id | lines length u32, lines
+//! withdrawn:  4u8 | count u32 | sequence u64 per record
 //! ```
 //!
 //! little-endian. A message's paths are every name its group commit
@@ -17,6 +18,7 @@ use std::path::PathBuf;
 const MESSAGE: u8 = 1;
 const CHECKPOINT: u8 = 2;
 const OUTCOMES: u8 = 3;
+const WITHDRAWN: u8 = 4;
 
 /// A message as the log holds it: every name its commit linked, and the
 /// bytes each of them holds.
@@ -38,6 +40,12 @@ pub enum Entry {
     Outcomes {
         id: String,
         lines: Vec<u8>,
+    },
+    /// These messages' records count for nothing: logged, then refused
+    /// (linking a file failed after the log's commit), so their clients
+    /// got a 4xx and replay must not write them.
+    Withdrawn {
+        sequences: Vec<u64>,
     },
 }
 
@@ -87,6 +95,15 @@ impl Entry {
                 out.extend_from_slice(&lines_len.to_le_bytes());
                 out.extend_from_slice(lines);
             }
+            Entry::Withdrawn { sequences } => {
+                out.push(WITHDRAWN);
+                let count = u32::try_from(sequences.len())
+                    .map_err(|_| EntryError("too many records withdrawn".into()))?;
+                out.extend_from_slice(&count.to_le_bytes());
+                for sequence in sequences {
+                    out.extend_from_slice(&sequence.to_le_bytes());
+                }
+            }
         }
         Ok(())
     }
@@ -115,6 +132,14 @@ impl Entry {
                 let lines_len = r.u32()? as usize;
                 let lines = r.take(lines_len)?.to_vec();
                 Entry::Outcomes { id, lines }
+            }
+            WITHDRAWN => {
+                let count = r.u32()? as usize;
+                if count > r.0.len() / 8 {
+                    return Err(EntryError("entry cut short".into()));
+                }
+                let sequences = (0..count).map(|_| r.u64()).collect::<Result<_, _>>()?;
+                Entry::Withdrawn { sequences }
             }
             other => return Err(EntryError(format!("unknown entry kind {other}"))),
         };

@@ -47,18 +47,21 @@ pub use record::{HEADER_LEN, MAGIC, Record, Scan, encode, scan};
 pub use restore::{Restored, restore};
 pub use segments::Log;
 
-/// What replay applies: every entry but checkpoints that the last
-/// checkpoint does not cover, in log order, each once.
+/// What replay applies: every message and outcome that the last
+/// checkpoint does not cover and no later record withdrew, in log order,
+/// each once.
 pub fn after_checkpoint(records: &[Record]) -> Result<Vec<(u64, Entry)>, EntryError> {
     let mut checkpoint = 0;
+    let mut withdrawn = std::collections::HashSet::new();
     let mut entries = Vec::new();
     for record in records {
         match Entry::decode(&record.payload)? {
             Entry::Checkpoint { upto } => checkpoint = checkpoint.max(upto),
+            Entry::Withdrawn { sequences } => withdrawn.extend(sequences),
             entry => entries.push((record.sequence, entry)),
         }
     }
-    entries.retain(|(sequence, _)| *sequence > checkpoint);
+    entries.retain(|(sequence, _)| *sequence > checkpoint && !withdrawn.contains(sequence));
     Ok(entries)
 }
 

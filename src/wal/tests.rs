@@ -197,6 +197,9 @@ fn entries_round_trip_and_bad_ones_are_errors() {
             id: "1tFz3c-0009Ld-0a".into(),
             lines: b"D 0 1796000000 mx[192.0.2.1]:25 250 OK\n".to_vec(),
         },
+        Entry::Withdrawn {
+            sequences: vec![7, u64::MAX],
+        },
     ] {
         let mut payload = Vec::new();
         entry.encode(&mut payload).unwrap();
@@ -208,6 +211,30 @@ fn entries_round_trip_and_bad_ones_are_errors() {
         assert!(Entry::decode(&payload).is_err(), "a byte too many");
     }
     assert!(Entry::decode(&[9]).is_err());
+    let huge_count = [4, 0xff, 0xff, 0xff, 0xff];
+    assert!(
+        Entry::decode(&huge_count).is_err(),
+        "no allocation of a lie"
+    );
+}
+
+#[test]
+fn withdrawn_records_are_not_replayed() {
+    let mut rng = Lcg(5);
+    let entries = [
+        Entry::Message(message(&mut rng, 1)),
+        Entry::Message(message(&mut rng, 2)),
+        Entry::Withdrawn { sequences: vec![1] },
+    ];
+    let mut bytes = Vec::new();
+    for (n, entry) in entries.iter().enumerate() {
+        let mut payload = Vec::new();
+        entry.encode(&mut payload).unwrap();
+        encode(n as u64 + 1, &payload, &mut bytes);
+    }
+    let restore = replay(&bytes);
+    assert_eq!(restore.len(), 1);
+    assert_eq!(restore[0].0, 2);
 }
 
 // ---------------------------------------------------------------- segments
