@@ -674,6 +674,41 @@ fn keep_delivering(
     }
 }
 
+/// The kernel's background writeback, made to happen within the seconds
+/// the test runs: the first block of every other file that shows up in
+/// `new/` is written to the drive (no flush). With delayed allocation that
+/// allocates its blocks and moves the size ext4 commits in its journal
+/// (each second) to the end of that block, so a larger file can come back
+/// short after the power loss, and a smaller one whole though never
+/// synced. Returns how many files it wrote back so.
+fn early_writeback(new: &Path, stop: &AtomicBool) -> usize {
+    use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
+    let mut seen = HashSet::new();
+    let mut written = 0;
+    while !stop.load(Ordering::SeqCst) {
+        for entry in fs::read_dir(new).into_iter().flatten().flatten() {
+            if !seen.insert(entry.file_name()) || seen.len() % 2 == 0 {
+                continue;
+            }
+            // DONTNEED starts writeback of the range's dirty pages and
+            // waits for none of it: what the flusher thread would do.
+            let advised = File::open(entry.path()).map(|file| {
+                posix_fadvise(
+                    &file,
+                    0,
+                    BLOCK as i64,
+                    PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+                )
+            });
+            if matches!(advised, Ok(Ok(()))) {
+                written += 1;
+            }
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    written
+}
+
 /// The body of a stored message file, if it is a whole one: the part
 /// after gsmtpd's own Return-Path and Received lines.
 fn whole_body(file: &[u8]) -> Option<String> {
@@ -740,9 +775,13 @@ struct Run {
     /// Whole copies of acknowledged messages after the remount, before
     /// gsmtpd ran again.
     whole_before: usize,
-    broken_before: Vec<(PathBuf, usize)>,
-    /// Files in the mailbox then, whole or not.
+    /// Files in the mailbox then: in all, empty, and cut short (or
+    /// otherwise not a message sent).
     files_before: usize,
+    empty_before: usize,
+    short_before: usize,
+    /// Maildir files whose first block was written back early.
+    written_back: usize,
 }
 
 /// One test's serialization: the runs share the machine's two cores, the
@@ -784,6 +823,13 @@ fn power_loss_under_load(tag: &str, durability: &str, checkpoint: &str) -> Optio
             thread::spawn(move || keep_delivering(addr, c, ledger, stop))
         })
         .collect();
+    let writeback = {
+        let (new, stop) = (
+            state.join("mail").join(DOMAIN).join("load/new"),
+            Arc::clone(&stop),
+        );
+        thread::spawn(move || early_writeback(&new, &stop))
+    };
     let start = Instant::now();
     while ledger.lock().unwrap().acked.is_empty() {
         assert!(start.elapsed() < WAIT, "no message acknowledged");
@@ -800,6 +846,7 @@ fn power_loss_under_load(tag: &str, durability: &str, checkpoint: &str) -> Optio
     for c in clients {
         c.join().unwrap();
     }
+    let written_back = writeback.join().unwrap();
     drop(gsmtpd);
     rig.after_power_loss();
 
@@ -807,9 +854,13 @@ fn power_loss_under_load(tag: &str, durability: &str, checkpoint: &str) -> Optio
         .unwrap_or_else(|_| panic!("a client still holds the ledger"))
         .into_inner()
         .unwrap();
-    let (whole, broken_before) = inventory(&state.join("mail"));
-    let files_before = whole.len() + broken_before.len();
+    let (whole, broken) = inventory(&state.join("mail"));
+    let files_before = whole.len() + broken.len();
+    let empty_before = broken.iter().filter(|(_, len)| *len == 0).count();
     let whole: HashSet<String> = whole.into_iter().collect();
+    let attempted: HashSet<&String> = ledger.attempted.iter().collect();
+    let short_before =
+        broken.len() - empty_before + whole.iter().filter(|b| !attempted.contains(b)).count();
     let whole_before = ledger
         .acked
         .iter()
@@ -820,8 +871,10 @@ fn power_loss_under_load(tag: &str, durability: &str, checkpoint: &str) -> Optio
         state,
         ledger,
         whole_before,
-        broken_before,
         files_before,
+        empty_before,
+        short_before,
+        written_back,
     })
 }
 
@@ -862,15 +915,18 @@ fn report(tag: &str, run: &Run) {
     let stats = run.rig.disk.stats();
     eprintln!(
         "{tag}: {} acknowledged ({} more after the cut, {} sent in all); \
+         {} file(s) written back early in part; \
          after the power loss {} file(s) in the mailbox: {} of the acknowledged whole, \
-         {} empty or short; \
+         {} empty, {} short; \
          drive: {} writes, {} fsyncs, {} blocks flushed, {} blocks lost at the cut",
         run.ledger.acked.len(),
         run.ledger.acked_after_cut,
         run.ledger.attempted.len(),
+        run.written_back,
         run.files_before,
         run.whole_before,
-        run.broken_before.len(),
+        run.empty_before,
+        run.short_before,
         stats.writes,
         stats.fsyncs,
         stats.blocks_flushed,
