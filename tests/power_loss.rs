@@ -13,11 +13,22 @@
 //! nothing: every write reaches the overlay at once, and the test checks
 //! that flushes do arrive (a `sync` must produce one).
 //!
+//! While the clients deliver, a thread starts writeback of the first block
+//! of some new Maildir files, as the kernel's flusher may at any time, so
+//! that the journal commits sizes of files only partly on the disk: after
+//! the loss, unsynced files come back missing, empty, short or whole.
+//!
 //! The power loss ("cut") throws the overlay away as of that instant:
 //! from then on nothing reaches the base, whatever is written or flushed.
 //! Then every gsmtpd process is killed, ext4 unmounted, the loop device
 //! detached and the page cache dropped; the disk comes back as the base
 //! alone, ext4 replays its journal on mount, and gsmtpd starts again.
+//!
+//! The cut comes first and the kill a moment later, and gsmtpd may go on
+//! in between: nothing it writes or syncs then survives, so a 250 counts
+//! as acknowledged only if its client read it before the cut (the clients
+//! and the cut share a lock); one read later may or may not survive, like
+//! one never answered, and must then be whole and there once.
 //!
 //! What it models: a drive with a volatile write cache that honours
 //! flushes, losing whatever it had not been told to flush. What it does
@@ -25,7 +36,9 @@
 //! its own (so in some other order) before the loss, a drive that lies
 //! about flushes, or errors on read or write. Writes made after the cut
 //! are kept in the overlay only so that the dying kernel reads back a
-//! consistent disk until it is unmounted; none of them survives.
+//! consistent disk until it is unmounted; none of them survives. ext4 is
+//! mounted with `commit=1` rather than its default 5 s, to get several
+//! journal commits into a short run.
 
 mod common;
 
