@@ -436,6 +436,8 @@ fn unsupported() -> Option<String> {
 /// The simulated disk, its loop device and its ext4, torn down in the
 /// right order when dropped, whatever happened.
 struct Rig {
+    /// The scratch directory: platter, mount points.
+    dir: PathBuf,
     disk: Disk,
     fuse_dir: PathBuf,
     session: Option<BackgroundSession>,
@@ -465,6 +467,7 @@ impl Rig {
             .and_then(fuser::Session::spawn)
             .map_err(|e| format!("mounting the FUSE disk: {e}"))?;
         Ok(Rig {
+            dir,
             disk,
             fuse_dir,
             session: Some(session),
@@ -588,6 +591,12 @@ impl Drop for Rig {
             // detach it from the tree at least.
             eprintln!("unmounting the FUSE disk: {e}");
             quietly("umount", &["-l", &self.fuse_dir.display().to_string()]);
+            return;
+        }
+        // The platter holds some 100 MiB after a run: kept only for a
+        // failure to be looked into.
+        if !thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
         }
     }
 }
