@@ -51,30 +51,6 @@ fn files(server: &Server, user: &str) -> Vec<PathBuf> {
     v
 }
 
-/// As a power loss would: no process gets to run another instruction.
-/// The supervisor is stopped first (so it replaces nobody), its children
-/// killed (before the supervisor's death could send them the SIGTERM of
-/// PR_SET_PDEATHSIG, after which a worker stops cleanly, checkpoint
-/// included), then the supervisor.
-fn kill_everything(server: &mut Server) {
-    server.signal("STOP");
-    let children = children(server.child.id());
-    for &pid in &children {
-        signal(pid, "KILL");
-    }
-    for pid in &children {
-        while Path::new(&format!("/proc/{pid}/status")).exists()
-            && !fs::read_to_string(format!("/proc/{pid}/status"))
-                .unwrap_or_default()
-                .contains("State:\tZ")
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-    server.signal("KILL");
-    server.wait_exit(WAIT);
-}
-
 #[test]
 fn files_a_power_loss_emptied_or_took_come_back_from_the_log() {
     let state = scratch_dir("wal");

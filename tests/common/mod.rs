@@ -318,6 +318,30 @@ impl Drop for Server {
     }
 }
 
+/// As a power loss would: no process gets to run another instruction.
+/// The supervisor is stopped first (so it replaces nobody), its children
+/// killed (before the supervisor's death could send them the SIGTERM of
+/// PR_SET_PDEATHSIG, after which a worker stops cleanly, checkpoint
+/// included), then the supervisor.
+pub fn kill_everything(server: &mut Server) {
+    server.signal("STOP");
+    let children = children(server.child.id());
+    for &pid in &children {
+        signal(pid, "KILL");
+    }
+    for pid in &children {
+        while Path::new(&format!("/proc/{pid}/status")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
+                .contains("State:\tZ")
+        {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+    server.signal("KILL");
+    server.wait_exit(WAIT);
+}
+
 /// A loopback TCP port nothing listens on now (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
