@@ -98,7 +98,8 @@ pub struct Config {
     pub wal_dir: PathBuf,
 }
 
-/// How a group commit makes its messages durable before their 250s.
+/// How a group commit makes its messages durable before their 250s
+/// (README, "Durability": why `log` is the default).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Durability {
     /// `sync`: every file and name synced (`syncfs` twice per group).
@@ -325,7 +326,7 @@ fn options() -> Options {
     o.optopt(
         "",
         "durability",
-        "how a message is durable before its 250: sync (every file synced) or log (a write-ahead log) (default sync)",
+        "how a message is durable before its 250: log (a write-ahead log) or sync (every file synced) (default log)",
         "sync|log",
     );
     o.optopt(
@@ -616,8 +617,8 @@ fn build(m: &Matches) -> Result<Config, UsageError> {
 fn durability(m: &Matches) -> Result<Durability, UsageError> {
     let checkpoint = seconds(m, "checkpoint-interval", 2)?;
     match m.opt_str("durability").as_deref() {
-        None | Some("sync") => Ok(Durability::Sync),
-        Some("log") => Ok(Durability::Log { checkpoint }),
+        Some("sync") => Ok(Durability::Sync),
+        None | Some("log") => Ok(Durability::Log { checkpoint }),
         Some(other) => Err(UsageError(format!(
             "--durability: {other:?} is not sync or log"
         ))),
@@ -948,12 +949,15 @@ mod tests {
 
     #[test]
     fn durability_flags() {
-        assert_eq!(run(&[]).unwrap().durability, Durability::Sync);
         assert_eq!(
-            run(&["--durability", "log"]).unwrap().durability,
+            run(&[]).unwrap().durability,
             Durability::Log {
                 checkpoint: Duration::from_secs(2),
             }
+        );
+        assert_eq!(
+            run(&["--durability", "sync"]).unwrap().durability,
+            Durability::Sync
         );
         assert_eq!(
             run(&[]).unwrap().wal_dir,

@@ -117,6 +117,7 @@ fn full_queue_file_system_is_452_and_nothing_is_queued_then_a_retry_succeeds() {
     assert!(
         deliver(&server, "max@remote.example", &message_of(10 * 1024)).starts_with("250 2.0.0")
     );
+    queue_settled(&server.state);
     assert_eq!(files_in(&queue.join("new")), 1);
 }
 

@@ -16,9 +16,11 @@ use common::{Options, Plain, Server, queue_id, scratch_dir};
 
 const CLIENTS: usize = 8;
 
+/// With `--durability sync`: every file and name synced before the 250.
 fn plain_server() -> Server {
     Server::with(Options {
         implicit: false,
+        extra: ["--durability", "sync"].map(String::from).to_vec(),
         ..Options::default()
     })
 }

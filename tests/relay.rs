@@ -7,11 +7,14 @@ use std::fs;
 
 use common::*;
 
+/// A relay whose lookups go nowhere (nothing answers on port 9), so a
+/// queued message stays in the queue to be looked at.
 fn relay_server() -> Server {
-    Server::with_args(&["--relay-from", "127.0.0.0/8"])
+    Server::with_args(&["--relay-from", "127.0.0.0/8", "--dns-server", "127.0.0.1:9"])
 }
 
 fn queued(server: &Server) -> Vec<String> {
+    queue_settled(&server.state);
     let mut ids: Vec<String> = fs::read_dir(server.state.join("queue/new"))
         .map(|d| {
             d.map(|e| e.unwrap().file_name().into_string().unwrap())

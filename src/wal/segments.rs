@@ -2,7 +2,7 @@
 //!
 //! - `wal-ID` (ID in hex, increasing) holds records; the newest is the one
 //!   written. A new segment is written full of zeroes and synced once when
-//!   it is made (the first 1 MiB, each next one twice the last up to the
+//!   it is made (the first 64 KiB, each next one twice the last up to the
 //!   log's segment size, so a quiet server writes little and a busy one
 //!   soon has large segments), so later commits only overwrite blocks that already
 //!   exist: one `fdatasync` per group, with no metadata to commit (an
@@ -40,7 +40,7 @@ struct Segment {
 }
 
 /// The first segment's size (or the segment size, if smaller).
-const FIRST_SEGMENT: u64 = 1 << 20;
+const FIRST_SEGMENT: u64 = 64 << 10;
 
 pub struct Log {
     dir: PathBuf,
@@ -55,6 +55,8 @@ pub struct Log {
     next_sequence: u64,
     /// Records appended since the last commit.
     pending: Vec<u8>,
+    /// The sequence number of the first of them.
+    pending_first: u64,
     /// Bytes of records committed since the log was opened.
     written: u64,
     /// A commit failed: what reached the disk is unknown (after a failed
@@ -116,6 +118,7 @@ impl Log {
             next_id,
             next_sequence,
             pending: Vec::new(),
+            pending_first: next_sequence,
             written: 0,
             broken: false,
         };
@@ -129,13 +132,20 @@ impl Log {
     /// Returns its sequence number.
     pub fn append(&mut self, payload: &[u8]) -> u64 {
         let sequence = self.next_sequence;
+        if self.pending.is_empty() {
+            self.pending_first = sequence;
+        }
         self.next_sequence += 1;
         record::encode(sequence, payload, &mut self.pending);
         sequence
     }
 
     /// Writes the queued records and makes them durable: one write and one
-    /// `fdatasync`, or two of each when the current segment fills up.
+    /// `fdatasync` (a new segment, when the current one is full, is made
+    /// first). If no segment can be made (a full file system), nothing of
+    /// the group reached the log: its records are dropped, their sequence
+    /// numbers go to the next group, and the log stays usable. A failed
+    /// write or sync breaks it (see `broken`).
     pub fn commit(&mut self) -> io::Result<()> {
         if self.broken {
             return Err(io::Error::other(
@@ -144,6 +154,16 @@ impl Log {
         }
         if self.pending.is_empty() {
             return Ok(());
+        }
+        let needed = self.pending.len() as u64;
+        let fits = self
+            .segments
+            .back()
+            .is_some_and(|s| s.len + needed <= s.size);
+        if !fits && let Err(e) = self.add_segment(needed) {
+            self.pending.clear();
+            self.next_sequence = self.pending_first;
+            return Err(e);
         }
         let result = self.write_pending();
         if result.is_err() {
@@ -154,13 +174,6 @@ impl Log {
 
     fn write_pending(&mut self) -> io::Result<()> {
         let needed = self.pending.len() as u64;
-        let fits = self
-            .segments
-            .back()
-            .is_some_and(|s| s.len + needed <= s.size);
-        if !fits {
-            self.add_segment(needed)?;
-        }
         let last = self.next_sequence - 1;
         let Some(segment) = self.segments.back_mut() else {
             return Err(io::Error::other("the log has no segment"));
@@ -237,8 +250,12 @@ impl Log {
                     .create_new(true)
                     .mode(0o600)
                     .open(&path)?;
-                zero_fill(&file, size)?;
-                file.sync_all()?;
+                if let Err(e) = zero_fill(&file, size).and_then(|()| file.sync_all()) {
+                    // Not a segment yet: at most a file of zeroes, which a
+                    // later open would take for an empty one.
+                    let _ = fs::remove_file(&path);
+                    return Err(e);
+                }
                 file
             }
         };

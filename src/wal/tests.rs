@@ -265,28 +265,48 @@ fn files(dir: &std::path::Path) -> Vec<(String, u64)> {
 fn segments_start_small_and_double_up_to_the_segment_size() {
     let tmp = TempDir::new("wal");
     let dir = tmp.path().join("log");
-    let (mut log, _) = Log::open(&dir, 4 << 20).unwrap();
+    let (mut log, _) = Log::open(&dir, 1 << 20).unwrap();
     let sizes =
         |dir: &std::path::Path| -> Vec<u64> { files(dir).into_iter().map(|f| f.1).collect() };
-    assert_eq!(sizes(&dir), vec![1 << 20], "a quiet log writes 1 MiB");
-    for chunk in payloads(7, 1 << 20) {
+    assert_eq!(sizes(&dir), vec![64 << 10], "a quiet log writes 64 KiB");
+    for chunk in payloads(12, 64 << 10) {
         log.append(&chunk);
         log.commit().unwrap();
     }
-    // 1 MiB records: one each, each a little larger than its segment
-    // would be at 1 MiB, so segments of 2, 4, 4, ... MiB follow.
     let got = sizes(&dir);
-    assert_eq!(got[0], 1 << 20);
-    assert!(
-        got[1..]
-            .iter()
-            .all(|s| (2 << 20..=(4 << 20) + 4096).contains(s)),
-        "{got:?}"
-    );
-    assert_eq!(*got.last().unwrap(), 4 << 20);
+    assert_eq!(got[0], 64 << 10);
+    assert!(got.windows(2).all(|w| w[0] <= w[1]), "{got:?}");
+    assert_eq!(got[1], 128 << 10, "{got:?}");
+    assert_eq!(*got.last().unwrap(), 1 << 20, "{got:?}");
     drop(log);
-    let (_, records) = Log::open(&dir, 4 << 20).unwrap();
-    assert_eq!(records.len(), 7);
+    let (_, records) = Log::open(&dir, 1 << 20).unwrap();
+    assert_eq!(records.len(), 12);
+}
+
+#[test]
+fn a_segment_that_cannot_be_made_fails_its_group_and_nothing_else() {
+    let tmp = TempDir::new("wal");
+    let dir = tmp.path().join("log");
+    let away = tmp.path().join("away");
+    let (mut log, _) = Log::open(&dir, 4096).unwrap();
+    log.append(b"first");
+    log.commit().unwrap();
+    // No new segment can be made while the directory is elsewhere (as on
+    // a full file system).
+    std::fs::rename(&dir, &away).unwrap();
+    log.append(&[b'x'; 5000]);
+    assert!(log.commit().is_err());
+    std::fs::rename(&away, &dir).unwrap();
+    assert_eq!(
+        log.append(b"second"),
+        2,
+        "the failed group's number is reused"
+    );
+    log.commit().unwrap();
+    drop(log);
+    let (_, records) = Log::open(&dir, 4096).unwrap();
+    let got: Vec<&[u8]> = records.iter().map(|r| r.payload.as_slice()).collect();
+    assert_eq!(got, vec![&b"first"[..], &b"second"[..]]);
 }
 
 #[test]

@@ -23,6 +23,30 @@ pub use hops::*;
 pub const WAIT: Duration = Duration::from_secs(20);
 pub const DOMAIN: &str = "example.org";
 
+/// Waits until no queue file is held for a worker's checkpoint (under
+/// `--durability log` a queue file waits in `queue/held-N/` for up to
+/// 100 ms before it moves into `queue/new/`).
+pub fn queue_settled(state: &Path) {
+    let start = Instant::now();
+    loop {
+        let held = std::fs::read_dir(state.join("queue"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("held-"))
+                    .any(|e| std::fs::read_dir(e.path()).is_ok_and(|mut f| f.next().is_some()))
+            })
+            .unwrap_or(false);
+        if !held {
+            return;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "queue files still held after {WAIT:?}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A fresh directory under cargo's per-target test scratch space.
 pub fn scratch_dir(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
