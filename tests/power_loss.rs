@@ -1192,6 +1192,61 @@ fn queued(state: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Waits until `sender` has sent on everything queued, without waiting
+/// for the retry of what was deferred.
+fn drain(sender: &Server) {
+    let (status, _, err) = gsmtpd(&["queue", "flush"], &sender.state);
+    assert_eq!(status, Some(0), "{err}");
+    let start = Instant::now();
+    loop {
+        let left = queued(&sender.state);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "still queued after the restart: {left:?}\n{}",
+            sender.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The summaries of a recovery in `log`, and how many files or journals
+/// it put back.
+fn recovered(log: &str) -> (Vec<&str>, usize) {
+    let put_back =
+        |l: &&str| l.contains("recovery: ") && l.contains(" rewritten from the write-ahead log");
+    let summaries = log
+        .lines()
+        .filter(|l| l.contains("recovery") && !put_back(l))
+        .map(|l| l.split_once("] [").map_or(l, |(_, rest)| rest))
+        .collect();
+    (summaries, log.lines().filter(put_back).count())
+}
+
+/// What the next hop has: each body sent on, with the sender's queue id
+/// of each copy; and the files that are not whole messages, with their
+/// sizes.
+#[allow(clippy::type_complexity)]
+fn arrivals(next_hop: &Server) -> (HashMap<String, Vec<String>>, Vec<(PathBuf, usize)>) {
+    let mut copies: HashMap<String, Vec<String>> = HashMap::new();
+    let mut broken = Vec::new();
+    for c in 0..=CLIENTS {
+        let domain = if c < CLIENTS { "remote.example" } else { LATER };
+        let dir = next_hop.maildir.join(format!("{domain}/rcpt{c}/new"));
+        for entry in fs::read_dir(&dir).into_iter().flatten() {
+            let path = entry.unwrap().path();
+            let bytes = fs::read(&path).unwrap();
+            match relayed(&bytes) {
+                Some((id, body)) => copies.entry(body).or_default().push(id),
+                None => broken.push((path, bytes.len())),
+            }
+        }
+    }
+    (copies, broken)
+}
+
 /// Relaying under load when the power goes: the sender's queue and logs on
 /// the simulated disk, the next hop (a gsmtpd on the ordinary file system)
 /// untouched by the loss. After the restart, at the next hop: every
@@ -1262,50 +1317,18 @@ fn relay_through_a_power_loss(tag: &str, durability: &str) {
         .count();
     let on_disk = queued(&state).len();
 
-    let sender = relay(&state, durability, next_hop.port(), next_hop.port());
-    // Not waiting for the retry of what was deferred.
-    let (status, _, err) = gsmtpd(&["queue", "flush"], &state);
-    assert_eq!(status, Some(0), "{err}");
-    let start = Instant::now();
-    loop {
-        let left = queued(&state);
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            start.elapsed() < WAIT,
-            "still queued after the restart: {left:?}\n{}",
-            sender.log()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    let mut sender = relay(&state, durability, next_hop.port(), next_hop.port());
+    drain(&sender);
+    // A second power loss as soon as the queue is empty (checked below,
+    // once this restart's work is): what the sender sent on since the
+    // restart was logged =>, its removal not synced, and its log must keep
+    // it from going again.
+    rig.disk.cut();
+    kill_everything(&mut sender);
     let log = sender.log();
-    // The recovery's summaries, and how many things it put back.
-    let recovery: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("recovery") && !l.contains(" rewritten from the write-ahead log"))
-        .map(|l| l.split_once("] [").map_or(l, |(_, rest)| rest))
-        .collect();
-    let rewritten = log
-        .lines()
-        .filter(|l| l.contains("recovery: ") && l.contains(" rewritten from the write-ahead log"))
-        .count();
-
-    // What the next hop has.
-    let mut copies: HashMap<String, Vec<String>> = HashMap::new();
-    let mut broken = Vec::new();
-    for c in 0..=CLIENTS {
-        let domain = if c < CLIENTS { "remote.example" } else { LATER };
-        let dir = next_hop.maildir.join(format!("{domain}/rcpt{c}/new"));
-        for entry in fs::read_dir(&dir).into_iter().flatten() {
-            let path = entry.unwrap().path();
-            let bytes = fs::read(&path).unwrap();
-            match relayed(&bytes) {
-                Some((id, body)) => copies.entry(body).or_default().push(id),
-                None => broken.push((path, bytes.len())),
-            }
-        }
-    }
+    drop(sender);
+    let (recovery, rewritten) = recovered(&log);
+    let (copies, broken) = arrivals(&next_hop);
     let twice: Vec<&str> = copies
         .values()
         .filter(|ids| ids.len() > 1)
@@ -1378,6 +1401,28 @@ fn relay_through_a_power_loss(tag: &str, durability: &str) {
     assert!(delivered_before > 0, "nothing sent on before the cut");
     // (What was in flight at the cut, for remote.example, may be none.)
     assert!(deferred_at_cut > 0, "nothing left in the queue at the cut");
+
+    rig.after_power_loss();
+    let back = queued(&state).len();
+    let sender = relay(&state, durability, next_hop.port(), next_hop.port());
+    drain(&sender);
+    let log = sender.log();
+    let (recovery, rewritten) = recovered(&log);
+    eprintln!(
+        "{tag}: after a second power loss, {back} queue file(s) back; \
+         recovery: {rewritten} file(s) or journal(s) rewritten, {recovery:#?}"
+    );
+    let resent = sent_on(&log);
+    assert!(
+        resent.is_empty(),
+        "sent on again after the second power loss: {resent:?}\n{log}"
+    );
+    let (after, broken) = arrivals(&next_hop);
+    assert!(
+        broken.is_empty(),
+        "partial messages at the next hop: {broken:?}"
+    );
+    assert!(after == copies, "the next hop's mail changed");
     eprintln!("{tag}: {:.1?} in all", started.elapsed());
 }
 
