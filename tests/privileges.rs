@@ -50,7 +50,10 @@ fn status_ids(pid: u32, field: &str) -> Vec<u32> {
 #[test]
 fn user_flag_drops_every_root_id_and_delivers_as_that_user() {
     let (uid, gid) = ensure_user();
-    let server = Server::with_args(&["--user", USER]);
+    // The write-ahead logs outside the state directory, where only root
+    // could make their directory.
+    let wal = scratch_dir("wal-elsewhere").join("wal");
+    let server = Server::with_args(&["--user", USER, "--wal-dir", wal.to_str().unwrap()]);
     let pid = server.child.id();
     assert_eq!(
         status_ids(pid, "Uid:"),
@@ -91,6 +94,9 @@ fn user_flag_drops_every_root_id_and_delivers_as_that_user() {
             .uid(),
         uid
     );
+    for log in ["worker-0", "delivery"] {
+        assert_eq!(fs::metadata(wal.join(log)).unwrap().uid(), uid, "{log}");
+    }
 }
 
 #[test]

@@ -649,6 +649,11 @@ fn give_up_root(config: &Config) -> Result<(), String> {
     match &config.user {
         Some(account) => {
             privileges::give(&config.state_dir, account)?;
+            // The write-ahead logs may live elsewhere (--wal-dir): made
+            // here, while we may, for the account to write into.
+            default_cert::create_private_dir(&config.wal_dir)
+                .map_err(|e| format!("creating {}: {e}", config.wal_dir.display()))?;
+            privileges::give(&config.wal_dir, account)?;
             for file in default_cert::files(&config.state_dir) {
                 if file.exists() {
                     privileges::give(&file, account)?;
