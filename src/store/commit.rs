@@ -156,7 +156,7 @@ pub fn commit_logged(
             }
         }
     }
-    each_live(&mut batch, Delivery::finish_writing);
+    each_live(&mut batch, Delivery::finish_writing_logged);
     let sequences = log_group(&mut batch, log);
     each_live(&mut batch, Delivery::publish);
     if let Some(sequences) = sequences {

@@ -95,6 +95,9 @@ pub struct Delivery {
     /// Where in each mailbox `publish` links it: `new`, or for a queue
     /// file under `--durability log` the worker's held directory.
     into: String,
+    /// For the log record: the content as written, when it was still
+    /// whole in the buffer at the end (saves reading it back).
+    content: Option<Vec<u8>>,
 }
 
 impl Delivery {
@@ -120,6 +123,7 @@ impl Delivery {
             linked: Vec::new(),
             foreign_dirs: Vec::new(),
             into: "new".into(),
+            content: None,
         }
     }
 
@@ -215,6 +219,22 @@ impl Delivery {
             self.write_raw(b"\r")?;
         }
         let out = self.out.take().ok_or_else(finished)?;
+        self.finish(out)
+    }
+
+    /// `finish_writing`, keeping a copy of the content for the log record
+    /// when all of it is still in the buffer.
+    pub(super) fn finish_writing_logged(&mut self) -> io::Result<()> {
+        if let Some(out) = &self.out
+            && out.buffer().len() as u64 == self.size
+            && !self.pending_cr
+        {
+            self.content = Some(out.buffer().to_vec());
+        }
+        self.finish_writing()
+    }
+
+    fn finish(&mut self, out: BufWriter<File>) -> io::Result<()> {
         let file = match out.into_inner() {
             Ok(file) => file,
             Err(e) => {
@@ -289,11 +309,17 @@ impl Delivery {
     /// What a write-ahead log record holds of this delivery, once written
     /// and before it is published: every name `publish` will give it, and
     /// the file's bytes.
-    pub(super) fn logged(&self) -> io::Result<crate::wal::LoggedMessage> {
+    pub(super) fn logged(&mut self) -> io::Result<crate::wal::LoggedMessage> {
         use std::os::unix::fs::FileExt;
         let file = self.file.as_ref().ok_or_else(finished)?;
-        let mut content = vec![0u8; usize::try_from(self.size).map_err(io::Error::other)?];
-        file.read_exact_at(&mut content, 0)?;
+        let content = match self.content.take() {
+            Some(content) => content,
+            None => {
+                let mut content = vec![0u8; usize::try_from(self.size).map_err(io::Error::other)?];
+                file.read_exact_at(&mut content, 0)?;
+                content
+            }
+        };
         let name = self.final_name();
         Ok(crate::wal::LoggedMessage {
             paths: self

@@ -931,6 +931,44 @@ fn without_a_held_directory_queue_files_go_straight_into_new() {
 }
 
 #[test]
+fn the_log_holds_each_file_byte_for_byte_whether_it_left_the_buffer_or_not() {
+    let tmp = temp_dir();
+    let (mut store, _) = store(&tmp);
+    let (mut log, _) = crate::wal::Log::open(&tmp.path().join("wal"), 1 << 20).unwrap();
+    let mut units = Vec::new();
+    // Small (still in the buffer), larger than the buffer, and ending in
+    // a lone CR (written at the end).
+    for (user, body) in [
+        ("ida", b"Subject: s\r\n\r\nx\r\n".to_vec()),
+        (
+            "jon",
+            [b"Subject: l\r\n\r\n".to_vec(), vec![b'y'; 200_000]].concat(),
+        ),
+        ("kim", b"Subject: c\r\n\r\nx\r".to_vec()),
+    ] {
+        let mut d = store
+            .begin(store.next_id(), &[mb("example.com", user)], HEADER)
+            .unwrap();
+        d.write(&body).unwrap();
+        units.push(vec![d]);
+    }
+    let results = super::commit_logged(units, &mut log, None);
+    drop(log);
+    let (_, records) = crate::wal::Log::open(&tmp.path().join("wal"), 1 << 20).unwrap();
+    let restore = crate::wal::to_restore(&records).unwrap();
+    assert_eq!(restore.len(), 3);
+    for ((_, message), result) in restore.iter().zip(&results) {
+        let path = &result.as_ref().unwrap()[0];
+        assert_eq!(
+            message.content,
+            fs::read(path).unwrap(),
+            "{}",
+            path.display()
+        );
+    }
+}
+
+#[test]
 fn a_file_that_cannot_be_linked_after_the_log_commit_fails_and_its_record_is_withdrawn() {
     let tmp = temp_dir();
     let (mut store, root) = store(&tmp);
