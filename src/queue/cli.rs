@@ -84,6 +84,22 @@ fn list(queue: &QueueDir, now: u64) -> Done {
         out.push('\n');
     }
     let _ = writeln!(out, "{} message(s) in the queue", ids.len());
+    // Accepted, durable in a worker's write-ahead log, and not the
+    // delivery process's yet: its next checkpoint hands them over.
+    match queue.held() {
+        Ok(held) if !held.is_empty() => {
+            let _ = writeln!(
+                out,
+                "{} more held for a worker's checkpoint: {}",
+                held.len(),
+                held.join(" ")
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            let _ = writeln!(out, "held queue files: {e}");
+        }
+    }
     ok(out)
 }
 
@@ -212,6 +228,25 @@ fn size(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_names_what_a_worker_still_holds() {
+        let tmp = crate::test_support::TempDir::new("queue-cli");
+        let queue = QueueDir::new(tmp.path());
+        queue.create().unwrap();
+        let empty = list(&queue, 0);
+        assert_eq!(empty.output, "0 message(s) in the queue\n");
+        std::fs::create_dir(queue.root().join("held-1")).unwrap();
+        std::fs::write(queue.root().join("held-1/1tFz3c-0009Ld-0a"), b"x").unwrap();
+        let held = list(&queue, 0);
+        assert!(
+            held.output.ends_with(
+                "0 message(s) in the queue\n1 more held for a worker's checkpoint: 1tFz3c-0009Ld-0a\n"
+            ),
+            "{}",
+            held.output
+        );
+    }
 
     #[test]
     fn ages_and_sizes_read_like_mailq() {

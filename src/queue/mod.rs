@@ -182,6 +182,29 @@ impl QueueDir {
         format!("held-{slot}")
     }
 
+    /// The ids of queue files waiting in any worker's held directory.
+    pub fn held(&self) -> io::Result<Vec<String>> {
+        let mut ids = Vec::new();
+        let dirs = match fs::read_dir(&self.root) {
+            Ok(dirs) => dirs,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ids),
+            Err(e) => return Err(e),
+        };
+        for dir in dirs {
+            let dir = dir?;
+            if !dir.file_name().to_string_lossy().starts_with("held-") {
+                continue;
+            }
+            for entry in fs::read_dir(dir.path())? {
+                if let Some(id) = entry?.file_name().to_str().filter(|id| valid_id(id)) {
+                    ids.push(id.to_string());
+                }
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
     /// Moves every file of worker `slot`'s held directory into `new/`
     /// (creating the directory if missing): the caller knows them durable
     /// and covered by a checkpoint. Returns the ids moved.

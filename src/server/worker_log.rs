@@ -220,12 +220,18 @@ mod tests {
         let (id, _) = commit_queued(&mut s, &mut log);
         let held = s.queue.root().join("held-0").join(&id);
         assert!(held.is_file() && !s.queue.message_path(&id).exists());
+        assert_eq!(s.queue.held().unwrap(), vec![id.clone()]);
+        assert!(
+            s.queue.ids().unwrap().is_empty(),
+            "not the delivery process's yet"
+        );
         let due = log.next_due().unwrap();
         assert!(due <= Instant::now() + QUEUE_HOLD, "not the hour");
         log.checkpoint_if_due(Instant::now(), false);
         assert!(held.exists(), "not due yet");
         log.checkpoint_if_due(due, false);
         assert!(!held.exists() && s.queue.message_path(&id).is_file());
+        assert!(s.queue.held().unwrap().is_empty());
         assert_eq!(log.take_released(), vec![id]);
         assert_eq!(log.next_due(), None, "nothing waits");
     }
