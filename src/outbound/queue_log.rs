@@ -155,15 +155,7 @@ impl QueueLog {
 /// Puts back what the entries after the last checkpoint hold: bounce
 /// files first, then the journal lines of messages still queued.
 fn recover(entries: &[(u64, Entry)], queue: &QueueDir) -> io::Result<()> {
-    let messages = wal::messages(entries);
-    let unique = format!("recovery.P{}", std::process::id());
-    let restored = wal::restore(&messages, &unique)?;
-    for path in &restored.rewritten {
-        log::warn!(
-            "recovery: {} rewritten from the write-ahead log",
-            path.display()
-        );
-    }
+    let (bounces, restored) = wal::restore_entries(entries)?;
     let mut journals = 0;
     for (sequence, entry) in entries {
         let Entry::Outcomes { id, lines } = entry else {
@@ -176,7 +168,7 @@ fn recover(entries: &[(u64, Entry)], queue: &QueueDir) -> io::Result<()> {
         let tmp = queue
             .root()
             .join("tmp")
-            .join(format!("{unique}.J{sequence}"));
+            .join(format!("recovery.P{}.J{sequence}", std::process::id()));
         if queue::journal::restore(&queue.log_path(id), &tmp, lines)? {
             log::warn!("recovery: the journal of {id} rewritten from the write-ahead log");
             journals += 1;
@@ -184,7 +176,7 @@ fn recover(entries: &[(u64, Entry)], queue: &QueueDir) -> io::Result<()> {
     }
     log::info!(
         "recovery of the delivery process's log: {} bounce(s), {} file(s) rewritten, {} journal(s) rewritten",
-        messages.len(),
+        bounces,
         restored.rewritten.len(),
         journals
     );

@@ -53,20 +53,11 @@ impl WorkerLog {
             released: Vec::new(),
         };
         if !entries.is_empty() {
-            let messages = wal::messages(&entries);
             let what = |e: std::io::Error| format!("write-ahead log {}: {e}", dir.display());
-            let unique = format!("recovery.P{}", std::process::id());
-            let restored = wal::restore(&messages, &unique).map_err(what)?;
-            for path in &restored.rewritten {
-                log::warn!(
-                    "recovery: {} rewritten from the write-ahead log",
-                    path.display()
-                );
-            }
+            let (messages, restored) = wal::restore_entries(&entries).map_err(what)?;
             log::info!(
-                "recovery from {}: {} message(s) after the last checkpoint, {} file(s) rewritten, {} intact",
+                "recovery from {}: {messages} message(s) after the last checkpoint, {} file(s) rewritten, {} intact",
                 dir.display(),
-                messages.len(),
                 restored.rewritten.len(),
                 restored.intact
             );

@@ -44,7 +44,7 @@ mod tests;
 pub use entry::{Entry, EntryError, LoggedMessage};
 pub use process::{CHECKPOINT_BYTES, MAX_FAILURES, ProcessLog};
 pub use record::{HEADER_LEN, MAGIC, Record, Scan, encode, scan};
-pub use restore::{Restored, restore};
+pub use restore::{Restored, restore, restore_entries};
 pub use segments::Log;
 
 /// What replay applies: every message and outcome that the last

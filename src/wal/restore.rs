@@ -22,7 +22,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use super::LoggedMessage;
+use super::{Entry, LoggedMessage};
 
 /// What recovery did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -31,6 +31,21 @@ pub struct Restored {
     pub rewritten: Vec<PathBuf>,
     /// Files found whole, where they were or moved to `cur/`.
     pub intact: usize,
+}
+
+/// Recovery's first step, for any process's log: puts back the files of
+/// the messages among `entries` (see [`restore`]), logging each one
+/// rewritten. Returns how many messages there were and what it did.
+pub fn restore_entries(entries: &[(u64, Entry)]) -> io::Result<(usize, Restored)> {
+    let messages = super::messages(entries);
+    let restored = restore(&messages, &format!("recovery.P{}", std::process::id()))?;
+    for path in &restored.rewritten {
+        log::warn!(
+            "recovery: {} rewritten from the write-ahead log",
+            path.display()
+        );
+    }
+    Ok((messages.len(), restored))
 }
 
 /// Puts back every file of `messages`.
