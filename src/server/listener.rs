@@ -53,7 +53,9 @@ pub const NODELAY_INHERITED: bool = cfg!(any(target_os = "linux", target_os = "a
 
 /// Binds every address once per slot; slot `s` gets `sets[s]`, in the
 /// order of `wanted`. A port of 0 is chosen by the kernel for the first
-/// slot and used for the others.
+/// slot and used for the others. The sockets take no connection until
+/// [`listen_all`]: binding needs root (port 25), and the start has
+/// recovery to finish, as the mail user, before any client may connect.
 pub fn bind_sets(
     wanted: &[(SocketAddr, Kind)],
     slots: usize,
@@ -68,6 +70,16 @@ pub fn bind_sets(
         }
     }
     Ok(sets)
+}
+
+/// Opens every bound socket to connections.
+pub fn listen_all(sets: &[Vec<Listener>]) -> Result<(), String> {
+    for l in sets.iter().flatten() {
+        socket2::SockRef::from(&l.socket)
+            .listen(BACKLOG)
+            .map_err(|e| format!("listening on {}: {e}", l.addr))?;
+    }
+    Ok(())
 }
 
 fn bind(addr: SocketAddr, kind: Kind) -> io::Result<Listener> {
@@ -90,7 +102,6 @@ fn bind(addr: SocketAddr, kind: Kind) -> io::Result<Listener> {
         log::warn!("TCP Fast Open not available on {addr}: {e}");
     }
     socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
     let std_listener: std::net::TcpListener = socket.into();
     let addr = std_listener.local_addr()?;
     Ok(Listener {
@@ -115,8 +126,19 @@ mod tests {
     }
 
     #[test]
+    fn a_bound_socket_refuses_connections_until_it_listens() {
+        let sets = bind_sets(&[("127.0.0.1:0".parse().unwrap(), Kind::Starttls)], 2).unwrap();
+        let addr = sets[0][0].addr;
+        let refused = std::net::TcpStream::connect(addr).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+        listen_all(&sets).unwrap();
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+    }
+
+    #[test]
     fn accepted_sockets_have_nodelay() {
         let sets = bind_sets(&[("127.0.0.1:0".parse().unwrap(), Kind::Implicit)], 1).unwrap();
+        listen_all(&sets).unwrap();
         let l = &sets[0][0];
         let _client = std::net::TcpStream::connect(l.addr).unwrap();
         let accepted = accept(&l.socket);
@@ -132,6 +154,7 @@ mod tests {
             ("127.0.0.1:0".parse().unwrap(), Kind::Implicit),
         ];
         let sets = bind_sets(&wanted, 3).unwrap();
+        listen_all(&sets).unwrap();
         assert_eq!(sets.len(), 3);
         for set in &sets {
             assert_eq!(set[0].addr, sets[0][0].addr);

@@ -35,7 +35,7 @@ use crate::smtp::SmtpConfig;
 use crate::store::Store;
 use crate::tls::session_db::CacheOp;
 use conn::{Close, Conn};
-pub use listener::{Kind, Listener, bind_sets};
+pub use listener::{Kind, Listener, bind_sets, listen_all};
 use lookups::Lookups;
 use table::Table;
 use timers::{TimerKey, Timers};

@@ -42,7 +42,7 @@ use crate::os::{self, Forked};
 use crate::outbound::{self, OutboundStart};
 use crate::pid_file::PidFile;
 use crate::queue::QueueDir;
-use crate::server::{Kind, Listener, Server, TlsContext, WorkerStart, bind_sets};
+use crate::server::{Kind, Listener, Server, TlsContext, WorkerStart, bind_sets, listen_all};
 use crate::session_cache::{CacheConfig, SessionCache};
 use crate::signals::Signals;
 use crate::store::{self, Store};
@@ -171,6 +171,9 @@ impl Supervisor {
             crate::config::Durability::Sync => Duration::from_secs(2),
         };
         crate::server::recover_worker_logs(&config.wal_dir, &config.maildir, &queue, interval)?;
+        // Only now may clients connect (they wait in the backlog until a
+        // worker runs).
+        listen_all(&listeners)?;
         let keys = ticket_keys(config, &tls)?;
         let counts = ConnCounts::new(config.workers, config.max_connections)
             .map_err(|e| format!("shared connection counts: {e}"))?;
