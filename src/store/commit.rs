@@ -83,15 +83,7 @@ pub(super) fn commit_with(
     durability: &mut dyn Durability,
 ) -> Vec<io::Result<Vec<PathBuf>>> {
     let count = messages.len();
-    let mut batch: Vec<(usize, Entry)> = messages
-        .into_iter()
-        .enumerate()
-        .flat_map(|(unit, deliveries)| {
-            deliveries
-                .into_iter()
-                .map(move |d| (unit, Entry::Live(Box::new(d))))
-        })
-        .collect();
+    let mut batch = live_batch(messages);
     each_live(&mut batch, Delivery::finish_writing);
     sync_phase(&mut batch, durability);
     each_live(&mut batch, Delivery::publish);
@@ -100,6 +92,19 @@ pub(super) fn commit_with(
     let mut results: Vec<io::Result<Vec<PathBuf>>> = (0..count).map(|_| Ok(Vec::new())).collect();
     settle(batch, &mut results);
     results
+}
+
+/// Every delivery of every message, live, with its message's index.
+fn live_batch(messages: Vec<Vec<Delivery>>) -> Vec<(usize, Entry)> {
+    messages
+        .into_iter()
+        .enumerate()
+        .flat_map(|(unit, deliveries)| {
+            deliveries
+                .into_iter()
+                .map(move |d| (unit, Entry::Live(Box::new(d))))
+        })
+        .collect()
 }
 
 /// Each message's outcome into `results` (indexed by message): its final
@@ -140,15 +145,7 @@ pub fn commit_logged(
 ) -> Vec<io::Result<Vec<PathBuf>>> {
     let count = messages.len();
     let mut results: Vec<io::Result<Vec<PathBuf>>> = (0..count).map(|_| Ok(Vec::new())).collect();
-    let mut batch: Vec<(usize, Entry)> = messages
-        .into_iter()
-        .enumerate()
-        .flat_map(|(unit, deliveries)| {
-            deliveries
-                .into_iter()
-                .map(move |d| (unit, Entry::Live(Box::new(d))))
-        })
-        .collect();
+    let mut batch = live_batch(messages);
     if let Some(held) = held {
         for (_, entry) in batch.iter_mut() {
             if let Entry::Live(delivery) = entry {
