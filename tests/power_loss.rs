@@ -648,6 +648,16 @@ struct Ledger {
     acked_after_cut: Vec<Sent>,
 }
 
+impl Ledger {
+    /// The ledger, once every client that wrote to it has ended.
+    fn take(shared: Arc<Mutex<Ledger>>) -> Ledger {
+        Arc::try_unwrap(shared)
+            .unwrap_or_else(|_| panic!("a client still holds the ledger"))
+            .into_inner()
+            .unwrap()
+    }
+}
+
 /// Distinct per message (the token), of various sizes, some over a block.
 fn body(client: usize, m: usize) -> String {
     format!(
@@ -800,24 +810,6 @@ fn inventory(maildir: &Path) -> (Vec<String>, Vec<(PathBuf, usize)>) {
     (whole, broken)
 }
 
-fn server(state: &Path, durability: &str, checkpoint: &str) -> Server {
-    Server::with(Options {
-        implicit: false,
-        state: Some(state.to_path_buf()),
-        extra: [
-            "--durability",
-            durability,
-            "--checkpoint-interval",
-            checkpoint,
-            "--workers",
-            "1",
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..Options::default()
-    })
-}
-
 /// What one run saw.
 struct Run {
     rig: Rig,
@@ -843,7 +835,7 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// power, and brings the disk back; None if this machine cannot.
 fn power_loss_under_load(tag: &str, durability: &str, checkpoint: &str) -> Option<Run> {
     let (mut rig, state) = Rig::with_state_dir(tag)?;
-    let mut gsmtpd = server(&state, durability, checkpoint);
+    let mut gsmtpd = durable_server(&state, durability, checkpoint);
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let addr = gsmtpd.plain[0];
@@ -881,10 +873,7 @@ fn power_loss_under_load(tag: &str, durability: &str, checkpoint: &str) -> Optio
     drop(gsmtpd);
     rig.after_power_loss();
 
-    let ledger = Arc::try_unwrap(ledger)
-        .unwrap_or_else(|_| panic!("a client still holds the ledger"))
-        .into_inner()
-        .unwrap();
+    let ledger = Ledger::take(ledger);
     let (whole, broken) = inventory(&state.join("mail"));
     let files_before = whole.len() + broken.len();
     let empty_before = broken.iter().filter(|(_, len)| *len == 0).count();
@@ -1058,7 +1047,7 @@ fn log_mode(tag: &str, checkpoint: &str, must_lose: bool) {
         );
     }
 
-    let mut gsmtpd = server(&run.state, "log", checkpoint);
+    let mut gsmtpd = durable_server(&run.state, "log", checkpoint);
     // A worker replays its log before it serves anyone: once this is
     // answered, recovery is over.
     let mut c = Plain::greeted(gsmtpd.plain[0]);
@@ -1113,7 +1102,7 @@ fn sync_durability_keeps_every_acknowledged_message_through_a_power_loss() {
     );
     // No recovery to run: what the disk kept must already be right.
     assert_mailbox_is_right(&run.state.join("mail"), &run.ledger);
-    let gsmtpd = server(&run.state, "sync", "60");
+    let gsmtpd = durable_server(&run.state, "sync", "60");
     assert_mailbox_is_right(&gsmtpd.maildir, &run.ledger);
     eprintln!("sync: {:.1?} in all", started.elapsed());
 }
@@ -1300,10 +1289,7 @@ fn relay_through_a_power_loss(tag: &str, durability: &str) {
     }
     drop(sender);
     rig.after_power_loss();
-    let ledger = Arc::try_unwrap(ledger)
-        .unwrap_or_else(|_| panic!("a client still holds the ledger"))
-        .into_inner()
-        .unwrap();
+    let ledger = Ledger::take(ledger);
 
     let sent_before = sent_on(&log_at_cut);
     let acked: HashSet<&str> = ledger.acked.iter().map(|s| s.id.as_str()).collect();

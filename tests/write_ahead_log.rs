@@ -12,21 +12,7 @@ use std::time::Duration;
 use common::*;
 
 fn log_server(state: &Path, checkpoint: &str) -> Server {
-    Server::with(Options {
-        implicit: false,
-        state: Some(state.to_path_buf()),
-        extra: [
-            "--durability",
-            "log",
-            "--checkpoint-interval",
-            checkpoint,
-            "--workers",
-            "1",
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..Options::default()
-    })
+    durable_server(state, "log", checkpoint)
 }
 
 /// Delivers one message to `user`; returns its id.

@@ -23,6 +23,26 @@ pub use hops::*;
 pub const WAIT: Duration = Duration::from_secs(20);
 pub const DOMAIN: &str = "example.org";
 
+/// A gsmtpd with one worker on `state`, with `--durability` and
+/// `--checkpoint-interval` as given.
+pub fn durable_server(state: &Path, durability: &str, checkpoint: &str) -> Server {
+    Server::with(Options {
+        implicit: false,
+        state: Some(state.to_path_buf()),
+        extra: [
+            "--durability",
+            durability,
+            "--checkpoint-interval",
+            checkpoint,
+            "--workers",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Options::default()
+    })
+}
+
 /// Waits until no queue file is held for a worker's checkpoint (under
 /// `--durability log` a queue file waits in `queue/held-N/` for up to
 /// 100 ms before it moves into `queue/new/`).
