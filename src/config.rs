@@ -504,11 +504,11 @@ fn build(m: &Matches) -> Result<Config, UsageError> {
     if listen.is_empty() && listen_tls.is_empty() {
         listen.push(SocketAddr::from_str(DEFAULT_LISTEN).map_err(|e| UsageError(e.to_string()))?);
     }
-    let state_dir = state_dir_flag(m);
-    let maildir = m
-        .opt_str("maildir")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| state_dir.join("mail"));
+    let state_dir = absolute("state-dir", state_dir_flag(m))?;
+    let maildir = match m.opt_str("maildir") {
+        Some(dir) => absolute("maildir", dir.into())?,
+        None => state_dir.join("mail"),
+    };
     let hostname = match m.opt_str("hostname") {
         Some(h) => checked_name("hostname", &h)?,
         None => system_hostname(),
@@ -579,10 +579,10 @@ fn build(m: &Matches) -> Result<Config, UsageError> {
         None => None,
     };
     let durability = durability(m)?;
-    let wal_dir = m
-        .opt_str("wal-dir")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| state_dir.join("wal"));
+    let wal_dir = match m.opt_str("wal-dir") {
+        Some(dir) => absolute("wal-dir", dir.into())?,
+        None => state_dir.join("wal"),
+    };
     Ok(Config {
         listen,
         listen_tls,
@@ -705,6 +705,13 @@ fn number<T: FromStr + PartialOrd + Copy + std::fmt::Display>(
     }
 }
 
+/// A directory whose files' names outlive this process: the write-ahead
+/// log records them, and a recovery started from another working
+/// directory must find the same files.
+fn absolute(flag: &str, dir: PathBuf) -> Result<PathBuf, UsageError> {
+    std::path::absolute(&dir).map_err(|e| UsageError(format!("--{flag}: {e}")))
+}
+
 /// A file flag that also takes `none`.
 fn file_or_none(m: &Matches, flag: &str, default: PathBuf) -> Result<Option<PathBuf>, UsageError> {
     match m.opt_str(flag).as_deref() {
@@ -777,8 +784,9 @@ mod tests {
             vec![SocketAddr::from_str("127.0.0.1:2525").unwrap()]
         );
         assert!(c.listen_tls.is_empty());
-        assert_eq!(c.state_dir, PathBuf::from("./gsmtpd-state"));
-        assert_eq!(c.maildir, PathBuf::from("./gsmtpd-state/mail"));
+        let state = std::env::current_dir().unwrap().join("gsmtpd-state");
+        assert_eq!(c.state_dir, state);
+        assert_eq!(c.maildir, state.join("mail"));
         assert_eq!(c.domains, vec!["localhost", "mx.example.org"]);
         assert_eq!(c.tls_priority, DEFAULT_PRIORITY);
         assert_eq!(c.max_message_size, 52_428_800);
@@ -792,7 +800,7 @@ mod tests {
                 ticket_lifetime: 7_200,
                 tickets: true,
                 ticket_key_file: None,
-                session_cache: Some(PathBuf::from("./gsmtpd-state/sessions.sqlite")),
+                session_cache: Some(state.join("sessions.sqlite")),
             }
         );
         assert_eq!(c.workers, cpus_allowed());
@@ -827,7 +835,11 @@ mod tests {
         assert!(c.sending.dns_servers.is_empty() && c.sending.ca_file.is_none());
         assert_eq!(
             c.sending.client_cache,
-            Some(PathBuf::from("./gsmtpd-state/client-cache.sqlite"))
+            Some(
+                std::env::current_dir()
+                    .unwrap()
+                    .join("gsmtpd-state/client-cache.sqlite")
+            )
         );
         assert_eq!(
             run(&["--client-cache", "none"])
@@ -961,8 +973,13 @@ mod tests {
         );
         assert_eq!(
             run(&[]).unwrap().wal_dir,
-            PathBuf::from("./gsmtpd-state/wal")
+            std::env::current_dir().unwrap().join("gsmtpd-state/wal")
         );
+        // Relative directories are taken from where gsmtpd starts, once.
+        let c = run(&["--wal-dir", "w", "--maildir", "./m"]).unwrap();
+        let here = std::env::current_dir().unwrap();
+        assert_eq!((c.wal_dir, c.maildir), (here.join("w"), here.join("m")));
+        assert!(error(&["--state-dir", ""]).starts_with("--state-dir:"));
         let c = run(&[
             "--durability",
             "log",

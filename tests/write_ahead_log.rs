@@ -71,6 +71,48 @@ fn files_a_power_loss_emptied_or_took_come_back_from_the_log() {
     assert_eq!(files(&third, "alice").len(), 2);
 }
 
+/// The README's first command names the state directory relative to
+/// where gsmtpd starts; a recovery started from elsewhere (systemd's
+/// working directory is /) must still rewrite the same files.
+#[test]
+fn a_relative_state_dir_recovers_from_another_working_directory() {
+    let home = scratch_dir("wal-relative");
+    let state = home.join("gsmtpd-state");
+    let mut server = Server::with(Options {
+        implicit: false,
+        state: Some(state.clone()),
+        cwd: Some(home.clone()),
+        extra: ["--checkpoint-interval", "3600", "--workers", "1"]
+            .map(String::from)
+            .to_vec(),
+        ..Options::default()
+    });
+    deliver(&server, "dave", "Subject: here\n\nfrom home\n");
+    let paths = files(&server, "dave");
+    assert_eq!(paths.len(), 1);
+    let original = fs::read(&paths[0]).unwrap();
+    kill_everything(&mut server);
+    fs::write(&paths[0], b"").unwrap();
+    let elsewhere = scratch_dir("wal-elsewhere");
+    let again = Server::with(Options {
+        implicit: false,
+        state: Some(state.clone()),
+        cwd: Some(elsewhere.clone()),
+        extra: ["--checkpoint-interval", "3600", "--workers", "1"]
+            .map(String::from)
+            .to_vec(),
+        ..Options::default()
+    });
+    let log = again.wait_log("recovery from");
+    assert!(log.contains("1 file(s) rewritten"), "{log}");
+    assert_eq!(fs::read(&paths[0]).unwrap(), original);
+    assert_eq!(
+        fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "recovery wrote under the new working directory"
+    );
+}
+
 #[test]
 fn a_checkpoint_frees_the_log_and_a_clean_stop_leaves_nothing_to_replay() {
     let state = scratch_dir("wal-checkpoint");

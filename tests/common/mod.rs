@@ -119,6 +119,9 @@ pub struct Options {
     pub state: Option<PathBuf>,
     /// Environment variables for the server process.
     pub env: Vec<(String, String)>,
+    /// Run the server from this directory, naming `--state-dir` relative
+    /// to it (as the README's first command does).
+    pub cwd: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -130,6 +133,7 @@ impl Default for Options {
             extra: Vec::new(),
             state: None,
             env: Vec::new(),
+            cwd: None,
         }
     }
 }
@@ -148,9 +152,11 @@ impl Server {
 
     pub fn with(opts: Options) -> Server {
         let state = opts.state.clone().unwrap_or_else(|| scratch_dir("state"));
+        let cwd = opts.cwd.clone().unwrap_or_else(|| PathBuf::from("."));
+        let state_arg = state.strip_prefix(&cwd).unwrap_or(&state);
         let mut args: Vec<String> = vec![
             "--state-dir".into(),
-            state.display().to_string(),
+            state_arg.display().to_string(),
             "--hostname".into(),
             "mx.test".into(),
             "--domain".into(),
@@ -173,6 +179,7 @@ impl Server {
         args.extend(opts.extra);
         let mut child = Command::new(env!("CARGO_BIN_EXE_gsmtpd"))
             .args(&args)
+            .current_dir(&cwd)
             .env("RUST_LOG", "debug")
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
