@@ -78,15 +78,18 @@ fn files_a_power_loss_emptied_or_took_come_back_from_the_log() {
 fn a_relative_state_dir_recovers_from_another_working_directory() {
     let home = scratch_dir("wal-relative");
     let state = home.join("gsmtpd-state");
-    let mut server = Server::with(Options {
-        implicit: false,
-        state: Some(state.clone()),
-        cwd: Some(home.clone()),
-        extra: ["--checkpoint-interval", "3600", "--workers", "1"]
-            .map(String::from)
-            .to_vec(),
-        ..Options::default()
-    });
+    let start_in = |cwd: &Path| {
+        Server::with(Options {
+            implicit: false,
+            state: Some(state.clone()),
+            cwd: Some(cwd.to_path_buf()),
+            extra: ["--checkpoint-interval", "3600", "--workers", "1"]
+                .map(String::from)
+                .to_vec(),
+            ..Options::default()
+        })
+    };
+    let mut server = start_in(&home);
     deliver(&server, "dave", "Subject: here\n\nfrom home\n");
     let paths = files(&server, "dave");
     assert_eq!(paths.len(), 1);
@@ -94,15 +97,7 @@ fn a_relative_state_dir_recovers_from_another_working_directory() {
     kill_everything(&mut server);
     fs::write(&paths[0], b"").unwrap();
     let elsewhere = scratch_dir("wal-elsewhere");
-    let again = Server::with(Options {
-        implicit: false,
-        state: Some(state.clone()),
-        cwd: Some(elsewhere.clone()),
-        extra: ["--checkpoint-interval", "3600", "--workers", "1"]
-            .map(String::from)
-            .to_vec(),
-        ..Options::default()
-    });
+    let again = start_in(&elsewhere);
     let log = again.wait_log("recovery from");
     assert!(log.contains("1 file(s) rewritten"), "{log}");
     assert_eq!(fs::read(&paths[0]).unwrap(), original);
