@@ -776,6 +776,11 @@ mod tests {
         run(args).err().map(|e| e.0).unwrap_or_default()
     }
 
+    /// Where relative directories are taken from.
+    fn here() -> PathBuf {
+        std::env::current_dir().unwrap()
+    }
+
     #[test]
     fn defaults() {
         let c = run(&["--hostname", "mx.example.org"]).unwrap();
@@ -784,7 +789,7 @@ mod tests {
             vec![SocketAddr::from_str("127.0.0.1:2525").unwrap()]
         );
         assert!(c.listen_tls.is_empty());
-        let state = std::env::current_dir().unwrap().join("gsmtpd-state");
+        let state = here().join("gsmtpd-state");
         assert_eq!(c.state_dir, state);
         assert_eq!(c.maildir, state.join("mail"));
         assert_eq!(c.domains, vec!["localhost", "mx.example.org"]);
@@ -835,11 +840,7 @@ mod tests {
         assert!(c.sending.dns_servers.is_empty() && c.sending.ca_file.is_none());
         assert_eq!(
             c.sending.client_cache,
-            Some(
-                std::env::current_dir()
-                    .unwrap()
-                    .join("gsmtpd-state/client-cache.sqlite")
-            )
+            Some(here().join("gsmtpd-state/client-cache.sqlite"))
         );
         assert_eq!(
             run(&["--client-cache", "none"])
@@ -971,14 +972,10 @@ mod tests {
             run(&["--durability", "sync"]).unwrap().durability,
             Durability::Sync
         );
-        assert_eq!(
-            run(&[]).unwrap().wal_dir,
-            std::env::current_dir().unwrap().join("gsmtpd-state/wal")
-        );
+        assert_eq!(run(&[]).unwrap().wal_dir, here().join("gsmtpd-state/wal"));
         // Relative directories are taken from where gsmtpd starts, once.
         let c = run(&["--wal-dir", "w", "--maildir", "./m"]).unwrap();
-        let here = std::env::current_dir().unwrap();
-        assert_eq!((c.wal_dir, c.maildir), (here.join("w"), here.join("m")));
+        assert_eq!((c.wal_dir, c.maildir), (here().join("w"), here().join("m")));
         assert!(error(&["--state-dir", ""]).starts_with("--state-dir:"));
         let c = run(&[
             "--durability",
